@@ -1,0 +1,654 @@
+"""The planner: a pure function from a validated inventory to every process `up` will start.
+
+No I/O happens here. Every cross-field rule of the spec is checked while allocating devices and
+ports, so a plan that comes back is one vLLM-Ascend will accept; problems come back together as an
+`InventoryError` naming the field path (and, through the inventory's source, file:line).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InventoryError, Problem
+from .inventory import Group, Inventory, load_inventory
+
+PROXY_DIR = "/vllm-workspace/vllm-ascend/examples/disaggregated_prefill_v1"
+PROXY_SCRIPTS = {
+    "MooncakeLayerwiseConnector": f"{PROXY_DIR}/load_balance_proxy_layerwise_server_example.py",
+}
+DEFAULT_PROXY_SCRIPT = f"{PROXY_DIR}/load_balance_proxy_server_example.py"
+MOONCAKE = {"MooncakeConnectorV1", "MooncakeHybridConnector", "MooncakeLayerwiseConnector"}
+KV_ROLES = {"prefill": "kv_producer", "decode": "kv_consumer"}
+PER_RANK_ENV = ("ASCEND_RT_VISIBLE_DEVICES", "HCCL_IF_IP", "GLOO_SOCKET_IFNAME",
+                "TP_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME")
+# Flags the planner derives per rank; setting them in `args` would silently fight the plan.
+PLANNER_FLAGS = {
+    "host": "always 0.0.0.0", "port": "groups[].port",
+    "data-parallel-size": "groups[].dp", "data-parallel-size-local": "groups[].dp_local",
+    "data-parallel-start-rank": "derived from the node's position",
+    "data-parallel-rank": "derived from the node's position",
+    "data-parallel-address": "the group's first node's ip",
+    "data-parallel-rpc-port": "groups[].dp_rpc_port", "tensor-parallel-size": "groups[].tp",
+    "served-model-name": "model.served_name", "headless": "derived from the launch mode",
+    "nnodes": "len(groups[].nodes)", "node-rank": "derived from the node's position",
+    "master-addr": "the group's first node's ip", "master-port": "groups[].dp_rpc_port",
+    "kv-transfer-config": "kv_transfer and groups[].kv_port / engine_id",
+}
+BUILTIN_ENV: dict[str, str] = {}
+MOONCAKE_TE_BASE = 20000  # AscendDirectTransport picks random ports in [20000, 20000 + devices*1000)
+
+
+@dataclass
+class Rank:
+    """One `vllm serve` process."""
+    group: str
+    role: str
+    node: str
+    host: str
+    ip: str
+    dp_rank: int
+    local_rank: int
+    devices: list[int]
+    port: int | None
+    headless: bool
+    argv: list[str]
+    env: dict[str, str]
+    node_rank: int | None = None
+    kv_ports: tuple[int, int] | None = None  # [first, last] of this process's Mooncake listeners
+
+    def to_json(self) -> dict:
+        out = {
+            "group": self.group, "role": self.role, "node": self.node, "host": self.host,
+            "ip": self.ip, "dp_rank": self.dp_rank, "local_rank": self.local_rank,
+            "devices": self.devices, "port": self.port, "headless": self.headless,
+            "argv": self.argv, "env": self.env,
+        }
+        if self.node_rank is not None:
+            out["node_rank"] = self.node_rank
+        if self.kv_ports is not None:
+            out["kv_ports"] = list(self.kv_ports)
+        return out
+
+
+@dataclass
+class ProxyPlan:
+    node: str
+    host: str
+    port: int
+    argv: list[str]
+
+    def to_json(self) -> dict:
+        return {"node": self.node, "host": self.host, "port": self.port, "argv": self.argv}
+
+
+@dataclass
+class Step:
+    name: str
+    nodes: list[str]
+    group: str | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict:
+        out: dict[str, Any] = {"name": self.name, "nodes": self.nodes}
+        if self.group is not None:
+            out["group"] = self.group
+        if self.detail:
+            out["detail"] = self.detail
+        return out
+
+
+@dataclass
+class Plan:
+    inventory: Inventory
+    ranks: list[Rank]
+    proxy: ProxyPlan | None
+    steps: list[Step]
+    warnings: list[Problem] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.inventory.name
+
+    @property
+    def nodes(self) -> list[str]:
+        """Nodes the plan uses, in inventory order."""
+        used = {r.node for r in self.ranks}
+        return [n for n in self.inventory.nodes if n in used]
+
+    def ranks_on(self, node: str) -> list[Rank]:
+        return [r for r in self.ranks if r.node == node]
+
+    def devices_used(self, node: str) -> list[int]:
+        return sorted({d for r in self.ranks_on(node) for d in r.devices})
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.inventory.name,
+            "soc": self.inventory.soc,
+            "ranks": [r.to_json() for r in self.ranks],
+            "proxy": self.proxy.to_json() if self.proxy else None,
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+
+def load_and_plan(path: str) -> Plan:
+    """What every command starts with: read, validate, plan (raises InventoryError)."""
+    return make_plan(load_inventory(path))
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def flag_name(key: str) -> str:
+    return key.lstrip("-").replace("_", "-")
+
+
+def merge_args(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win; `false`/`null` removes a flag set lower down."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            name = flag_name(key)
+            if value is None or value is False:
+                out.pop(name, None)
+            else:
+                out[name] = value
+    return out
+
+
+def render_value(value: Any) -> str:
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def render_args(args: dict[str, Any]) -> list[str]:
+    argv: list[str] = []
+    for name, value in args.items():
+        argv.append(f"--{name}")
+        if value is not True:
+            argv.append(render_value(value))
+    return argv
+
+
+def merge_env(*layers: dict[str, Any]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            if value is None:
+                out.pop(key, None)
+            else:
+                out[key] = str(value)
+    return out
+
+
+def deep_merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def int_arg(args: dict[str, Any], name: str) -> int:
+    value = args.get(name, 1)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 1
+
+
+# ------------------------------------------------------------------------------ planning
+
+
+@dataclass
+class _GroupLayout:
+    """Per group: where each node's ranks go, before argv rendering."""
+    index: int
+    group: Group
+    args: dict[str, Any]
+    env: dict[str, str]
+    dp_local: int
+    per_rank: int  # devices per DP rank (tp * pp * pcp)
+    devices: dict[str, list[int]] = field(default_factory=dict)
+
+
+class _Planner:
+    def __init__(self, inv: Inventory):
+        self.inv = inv
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def error(self, path: tuple, message: str, hint: str = "") -> None:
+        self.problems.append(Problem(path, message, hint))
+
+    def warn(self, path: tuple, message: str, hint: str = "") -> None:
+        self.warnings.append(Problem(path, message, hint, warning=True))
+
+    # -- checks that need no allocation
+    def check_references(self) -> None:
+        inv = self.inv
+        names = list(inv.nodes)
+        seen_groups: dict[str, int] = {}
+        for gi, g in enumerate(inv.groups):
+            if g.name in seen_groups:
+                self.error(("groups", gi, "name"), f"group name '{g.name}' is used twice",
+                           f"rename it; groups[{seen_groups[g.name]}] already has it")
+            seen_groups.setdefault(g.name, gi)
+            for ni, n in enumerate(g.nodes):
+                if n not in inv.nodes:
+                    self.error(("groups", gi, "nodes", ni), f"node '{n}' is not defined in nodes",
+                               _did_you_mean(n, names) + f"define it under nodes: or use one of {', '.join(names)}")
+                elif g.nodes.index(n) != ni:
+                    self.error(("groups", gi, "nodes", ni), f"node '{n}' is listed twice in the group",
+                               "list each node once")
+            if isinstance(g.devices, dict):
+                for n in g.devices:
+                    if n not in g.nodes:
+                        self.error(("groups", gi, "devices", n),
+                                   f"devices given for '{n}', which is not one of the group's nodes",
+                                   f"use one of {', '.join(g.nodes)}")
+        for name, node in inv.nodes.items():
+            if node.devices is not None:
+                for di, d in enumerate(node.devices):
+                    if not 0 <= d < inv.devices_per_node:
+                        self.error(("nodes", name, "devices", di),
+                                   f"device {d} does not exist on {inv.soc}",
+                                   f"use 0..{inv.devices_per_node - 1}")
+        if inv.proxy is not None and inv.proxy.node not in inv.nodes:
+            self.error(("proxy", "node"), f"proxy node '{inv.proxy.node}' is not defined in nodes",
+                       _did_you_mean(inv.proxy.node, names) + f"use one of {', '.join(names)}")
+
+    def check_roles(self) -> None:
+        inv = self.inv
+        kv = inv.kv_transfer
+        roles = [g.role for g in inv.groups]
+        if kv is not None:
+            for missing in ("prefill", "decode"):
+                if missing not in roles:
+                    self.error(("kv_transfer",), f"kv_transfer is set but there is no {missing} group",
+                               f"add a group with role: {missing}, or remove kv_transfer for a co-located deployment")
+            for gi, g in enumerate(inv.groups):
+                if g.role == "serve":
+                    self.error(("groups", gi, "role"), "role serve is co-located and cannot be used with kv_transfer",
+                               "use prefill or decode, or remove kv_transfer")
+                elif g.kv_port is None:
+                    self.error(("groups", gi, "kv_port"), "kv_port is required when kv_transfer is set",
+                               "give every prefill/decode group its own kv_port (>= 36000 on a3, 28000 on a2)")
+            if inv.proxy is None:
+                self.error(("proxy",), "proxy is required when kv_transfer is set",
+                           "add proxy: {node: <a prefill node>, port: 1999}")
+        else:
+            for gi, g in enumerate(inv.groups):
+                if g.role in ("prefill", "decode"):
+                    self.error(("groups", gi, "role"), f"role {g.role} needs kv_transfer",
+                               "add kv_transfer: {connector: MooncakeConnectorV1}, or use role: serve")
+            if inv.proxy is not None:
+                self.error(("proxy",), "proxy is only used with kv_transfer (prefill/decode)",
+                           "remove proxy, or add kv_transfer")
+        for role in ("prefill", "decode"):
+            groups = [(gi, g) for gi, g in enumerate(inv.groups) if g.role == role]
+            if groups:
+                g0i, g0 = groups[0]
+                for gi, g in groups[1:]:
+                    if (g.dp, g.tp) != (g0.dp, g0.tp):
+                        self.error(("groups", gi), f"{role} groups must share dp and tp: '{g.name}' has "
+                                   f"dp {g.dp} tp {g.tp}, '{g0.name}' has dp {g0.dp} tp {g0.tp}",
+                                   "vLLM-Ascend rejects a mismatch at start-up (kv_connector_extra_config); "
+                                   "make them equal")
+        pre = [g for g in inv.groups if g.role == "prefill"]
+        dec = [(gi, g) for gi, g in enumerate(inv.groups) if g.role == "decode"]
+        if pre and dec and dec[0][1].tp > pre[0].tp:
+            self.error(("groups", dec[0][0], "tp"),
+                       f"decode tp {dec[0][1].tp} is greater than prefill tp {pre[0].tp}",
+                       "Mooncake requires prefill tp >= decode tp")
+        engine_ids: dict[str, int] = {}
+        for gi, g in enumerate(inv.groups):
+            eid = engine_id(gi, g)
+            if eid in engine_ids:
+                self.error(("groups", gi, "engine_id"), f"engine_id '{eid}' is also used by group "
+                           f"'{inv.groups[engine_ids[eid]].name}'", "give every group its own engine_id")
+            engine_ids.setdefault(eid, gi)
+
+    # -- layout: sizes and devices
+    def layout(self) -> list[_GroupLayout]:
+        inv = self.inv
+        layouts: list[_GroupLayout] = []
+        for gi, g in enumerate(inv.groups):
+            role = getattr(inv.roles, g.role)
+            args = merge_args(inv.args, role.args, g.args)
+            env = merge_env(BUILTIN_ENV, inv.env, role.env, g.env)
+            self.check_args(gi, g, args, env)
+            per_rank = g.tp * int_arg(args, "pipeline-parallel-size") * int_arg(args, "prefill-context-parallel-size")
+            n = len(g.nodes)
+            if g.launch_mode == "nnodes":
+                dp_local = 1
+                if g.dp != 1:
+                    self.error(("groups", gi, "dp"), f"launch nnodes runs one instance across the nodes, so dp must be 1 (got {g.dp})",
+                               "use launch: internal or external for data parallelism")
+                if g.dp_local is not None:
+                    self.error(("groups", gi, "dp_local"), "dp_local is not used by launch nnodes", "remove dp_local")
+            elif g.dp_local is not None:
+                dp_local = g.dp_local
+                if g.dp != g.dp_local * n:
+                    self.error(("groups", gi, "dp_local"),
+                               f"dp ({g.dp}) must equal dp_local ({g.dp_local}) x the number of nodes ({n})",
+                               f"set dp: {g.dp_local * n}, or dp_local: {g.dp // n if g.dp % n == 0 else '?'}")
+            else:
+                dp_local = g.dp // n if g.dp % n == 0 else 1
+                if g.dp % n:
+                    self.error(("groups", gi, "dp"), f"dp ({g.dp}) is not divisible by the number of nodes ({n})",
+                               f"use a multiple of {n}, or set dp_local")
+            layouts.append(_GroupLayout(gi, g, args, env, dp_local, per_rank))
+        if not self.problems:
+            self.allocate(layouts)
+        return layouts
+
+    def check_args(self, gi: int, g: Group, args: dict[str, Any], env: dict[str, str]) -> None:
+        for layer_path, layer in ((("args",), self.inv.args), (("roles", g.role, "args"), getattr(self.inv.roles, g.role).args),
+                                  (("groups", gi, "args"), g.args)):
+            for key in layer:
+                name = flag_name(key)
+                if name in PLANNER_FLAGS:
+                    self.error(layer_path + (key,), f"--{name} is set by the planner ({PLANNER_FLAGS[name]})",
+                               f"remove '{key}' from args")
+        for key in PER_RANK_ENV:
+            if key in env:
+                self.warn(("groups", gi, "env"), f"{key} is set per rank by the planner; the inventory value is ignored",
+                          f"remove {key} from env")
+        if g.role == "decode" and args.get("enforce-eager"):
+            self.warn(("groups", gi, "args"), "enforce-eager on a decode group (graph mode is ~6x faster for decode)",
+                      "remove enforce-eager for decode")
+        gmu = args.get("gpu-memory-utilization")
+        if isinstance(gmu, (int, float)) and not isinstance(gmu, bool) and gmu > 0.95:
+            self.warn(("groups", gi, "args"), f"gpu-memory-utilization {gmu} is above 0.95",
+                      "leave headroom for HCCL buffers: 0.9 to 0.95")
+
+    def allocate(self, layouts: list[_GroupLayout]) -> None:
+        """Explicit device lists first, then the next free devices of each node in group order."""
+        inv = self.inv
+        owner: dict[tuple[str, int], str] = {}
+
+        def take(lay: _GroupLayout, node: str, devs: list[int], path: tuple) -> None:
+            allowed = inv.node_devices(node)
+            for d in devs:
+                if not 0 <= d < inv.devices_per_node:
+                    self.error(path, f"device {d} does not exist on {inv.soc}", f"use 0..{inv.devices_per_node - 1}")
+                elif d not in allowed:
+                    self.error(path, f"device {d} is not in nodes.{node}.devices {allowed}",
+                               f"use devices from {allowed} or extend nodes.{node}.devices")
+                elif (node, d) in owner:
+                    self.error(path, f"device {d} of node '{node}' is also used by group '{owner[(node, d)]}'",
+                               "give each group its own devices on a shared node")
+                else:
+                    owner[(node, d)] = lay.group.name
+            lay.devices[node] = list(devs)
+
+        def need(lay: _GroupLayout, node: str) -> int:
+            if lay.group.launch_mode == "nnodes":
+                return len([d for d in inv.node_devices(node) if (node, d) not in owner])
+            return lay.dp_local * lay.per_rank
+
+        for lay in layouts:
+            g = lay.group
+            if g.devices is None:
+                continue
+            for node in g.nodes:
+                explicit = g.devices.get(node) if isinstance(g.devices, dict) else g.devices
+                if explicit is None:
+                    continue
+                path = ("groups", lay.index, "devices") + ((node,) if isinstance(g.devices, dict) else ())
+                if g.launch_mode != "nnodes" and len(explicit) != need(lay, node):
+                    self.error(path, f"{len(explicit)} devices listed for node '{node}', but dp_local x tp"
+                               f"{' x pp x pcp' if lay.per_rank != g.tp else ''} = {need(lay, node)}",
+                               f"list exactly {need(lay, node)} devices")
+                take(lay, node, explicit, path)
+        for lay in layouts:
+            g = lay.group
+            for node in g.nodes:
+                if node in lay.devices:
+                    continue
+                count = need(lay, node)
+                free = [d for d in inv.node_devices(node) if (node, d) not in owner]
+                path = ("groups", lay.index, "nodes", g.nodes.index(node))
+                if count > inv.devices_per_node:
+                    self.error(("groups", lay.index), f"group '{g.name}' needs {count} devices per node "
+                               f"(dp_local {lay.dp_local} x {lay.per_rank}), more than {inv.soc} has ({inv.devices_per_node})",
+                               "lower tp or dp_local, or spread the group over more nodes")
+                    lay.devices[node] = []
+                elif count > len(free):
+                    self.error(path, f"group '{g.name}' needs {count} devices on node '{node}' but only "
+                               f"{len(free)} are free ({free})", "use fewer devices, another node, or nodes.<n>.devices")
+                    lay.devices[node] = []
+                else:
+                    take(lay, node, free[:count], path)
+            if g.launch_mode == "nnodes" and not self.problems:
+                total = sum(len(v) for v in lay.devices.values())
+                if total != lay.per_rank:
+                    self.error(("groups", lay.index, "tp"),
+                               f"world size tp x pp x pcp = {lay.per_rank} does not equal the {total} devices "
+                               f"of the group's {len(g.nodes)} nodes", "launch nnodes gives the group every device of its nodes")
+
+    # -- ranks
+    def ranks(self, layouts: list[_GroupLayout]) -> list[Rank]:
+        inv = self.inv
+        pre = next((g for g in inv.groups if g.role == "prefill"), None)
+        dec = next((g for g in inv.groups if g.role == "decode"), None)
+        ranks: list[Rank] = []
+        for lay in layouts:
+            g = lay.group
+            master_ip = inv.nodes[g.nodes[0]].cluster_ip
+            kv_json = None
+            if inv.kv_transfer is not None and g.role in KV_ROLES:
+                kv_json = kv_transfer_config(inv, lay.index, g, pre, dec)
+            base = ["vllm", "serve", inv.model.path, "--host", "0.0.0.0"]
+            tail = ["--tensor-parallel-size", str(g.tp), "--served-model-name", inv.model.served]
+            tail += render_args(lay.args)
+            if kv_json is not None:
+                tail += ["--kv-transfer-config", kv_json]
+            mooncake = inv.kv_transfer is not None and inv.kv_transfer.connector in MOONCAKE and g.kv_port is not None
+            for pos, node_name in enumerate(g.nodes):
+                node = inv.nodes[node_name]
+                devs = lay.devices.get(node_name, [])
+                common = dict(group=g.name, role=g.role, node=node_name, host=node.host, ip=node.cluster_ip)
+                if g.launch_mode == "external":
+                    for i in range(lay.dp_local):
+                        r = pos * lay.dp_local + i
+                        mine = devs[i * lay.per_rank:(i + 1) * lay.per_rank]
+                        port = g.http_port + i
+                        argv = base + ["--port", str(port), "--data-parallel-size", str(g.dp),
+                                       "--data-parallel-rank", str(r), "--data-parallel-address", master_ip,
+                                       "--data-parallel-rpc-port", str(g.dp_rpc_port)] + tail
+                        kv = (g.kv_port + r * lay.per_rank, g.kv_port + (r + 1) * lay.per_rank - 1) if mooncake else None
+                        ranks.append(Rank(**common, dp_rank=r, local_rank=i, devices=mine, port=port, headless=False,
+                                          argv=argv, env=self.rank_env(lay, node_name, mine), kv_ports=kv))
+                elif g.launch_mode == "internal":
+                    start = pos * lay.dp_local
+                    head = pos == 0
+                    argv = list(base)
+                    argv += ["--port", str(g.http_port)] if head else ["--headless"]
+                    argv += ["--data-parallel-size", str(g.dp), "--data-parallel-size-local", str(lay.dp_local)]
+                    if not head:
+                        argv += ["--data-parallel-start-rank", str(start)]
+                    argv += ["--data-parallel-address", master_ip, "--data-parallel-rpc-port", str(g.dp_rpc_port)] + tail
+                    kv = (g.kv_port + start * lay.per_rank, g.kv_port + (start + lay.dp_local) * lay.per_rank - 1) if mooncake else None
+                    ranks.append(Rank(**common, dp_rank=start, local_rank=0, devices=devs,
+                                      port=g.http_port if head else None, headless=not head, argv=argv,
+                                      env=self.rank_env(lay, node_name, devs), kv_ports=kv))
+                else:  # nnodes
+                    head = pos == 0
+                    argv = list(base) + (["--port", str(g.http_port)] if head else ["--headless"])
+                    argv += ["--nnodes", str(len(g.nodes)), "--node-rank", str(pos), "--master-addr", master_ip,
+                             "--master-port", str(g.dp_rpc_port)] + tail
+                    share = lay.per_rank // len(g.nodes)
+                    kv = (g.kv_port + pos * share, g.kv_port + (pos + 1) * share - 1) if mooncake else None
+                    ranks.append(Rank(**common, dp_rank=0, local_rank=0, devices=devs,
+                                      port=g.http_port if head else None, headless=not head, argv=argv,
+                                      env=self.rank_env(lay, node_name, devs), node_rank=pos, kv_ports=kv))
+        return ranks
+
+    def rank_env(self, lay: _GroupLayout, node_name: str, devices: list[int]) -> dict[str, str]:
+        node = self.inv.nodes[node_name]
+        env = dict(lay.env)
+        env.update({
+            "ASCEND_RT_VISIBLE_DEVICES": ",".join(map(str, devices)),
+            "HCCL_IF_IP": node.cluster_ip,
+            "GLOO_SOCKET_IFNAME": node.nic,
+            "TP_SOCKET_IFNAME": node.nic,
+            "HCCL_SOCKET_IFNAME": node.nic,
+        })
+        if self.inv.kv_transfer is not None and self.inv.kv_transfer.connector == "LLMDataDistCMgrConnector":
+            env["DISAGGREGATED_PREFILL_RANK_TABLE_PATH"] = rank_table_path(self.inv)
+        return env
+
+    # -- ports
+    def check_ports(self, ranks: list[Rank], proxy: ProxyPlan | None) -> None:
+        inv = self.inv
+        uses: dict[str, list[tuple[int, int, str, tuple]]] = {}
+
+        def use(node: str, lo: int, hi: int, what: str, path: tuple) -> None:
+            if hi > 65535:
+                self.error(path, f"{what} runs past 65535 (ends at {hi})", "pick a lower port")
+            uses.setdefault(inv.nodes[node].host, []).append((lo, hi, what, path))
+
+        gidx = {g.name: i for i, g in enumerate(inv.groups)}
+        for r in ranks:
+            gi = gidx[r.group]
+            if r.port is not None:
+                use(r.node, r.port, r.port, f"HTTP port {r.port} of group '{r.group}' rank {r.dp_rank} on {r.node}",
+                    ("groups", gi, "port"))
+            if r.kv_ports is not None:
+                lo, hi = r.kv_ports
+                use(r.node, lo, hi, f"kv ports {lo}-{hi} of group '{r.group}' on {r.node}", ("groups", gi, "kv_port"))
+        for gi, g in enumerate(inv.groups):
+            what = "master port" if g.launch_mode == "nnodes" else "DP RPC port"
+            use(g.nodes[0], g.dp_rpc_port, g.dp_rpc_port, f"{what} {g.dp_rpc_port} of group '{g.name}' on {g.nodes[0]}",
+                ("groups", gi, "dp_rpc_port"))
+            if g.kv_port is not None and inv.kv_transfer is not None and inv.kv_transfer.connector in MOONCAKE:
+                te_hi = MOONCAKE_TE_BASE + inv.devices_per_node * 1000 - 1
+                span = [r.kv_ports for r in ranks if r.group == g.name and r.kv_ports]
+                hi = max((s[1] for s in span), default=g.kv_port)
+                if g.kv_port <= te_hi and hi >= MOONCAKE_TE_BASE:
+                    self.warn(("groups", gi, "kv_port"),
+                              f"kv_port {g.kv_port} is inside Mooncake's random transfer-engine range "
+                              f"{MOONCAKE_TE_BASE}-{te_hi} (intermittent 'Address already in use')",
+                              f"use kv_port >= {te_hi + 1}")
+        if proxy is not None:
+            use(proxy.node, proxy.port, proxy.port, f"proxy port {proxy.port} on {proxy.node}", ("proxy", "port"))
+        reported: set[tuple] = set()
+        for host, items in uses.items():
+            items.sort()
+            for i, (lo, hi, what, path) in enumerate(items):
+                for lo2, hi2, what2, path2 in items[i + 1:]:
+                    if lo2 > hi:
+                        break
+                    first, second = sorted([(path, what), (path2, what2)])
+                    if (first[0], second[0]) in reported:
+                        continue
+                    reported.add((first[0], second[0]))
+                    self.error(second[0], f"{second[1]} collides with {first[1]} (host {host})",
+                               "move one of them to a free range")
+
+    # -- proxy and steps
+    def proxy(self, ranks: list[Rank]) -> ProxyPlan | None:
+        inv = self.inv
+        if inv.kv_transfer is None or inv.proxy is None or inv.proxy.node not in inv.nodes:
+            return None
+        p = inv.proxy
+        host = inv.nodes[p.node].cluster_ip
+        script = p.script or PROXY_SCRIPTS.get(inv.kv_transfer.connector, DEFAULT_PROXY_SCRIPT)
+        serving = [r for r in ranks if r.port is not None]
+        pre = [r for r in serving if r.role == "prefill"]
+        dec = [r for r in serving if r.role == "decode"]
+        argv = ["python", script, "--host", host, "--port", str(p.port),
+                "--prefiller-hosts", *[r.ip for r in pre], "--prefiller-ports", *[str(r.port) for r in pre],
+                "--decoder-hosts", *[r.ip for r in dec], "--decoder-ports", *[str(r.port) for r in dec]]
+        argv += render_args(merge_args(p.args))
+        return ProxyPlan(p.node, host, p.port, argv)
+
+    def steps(self, ranks: list[Rank], proxy: ProxyPlan | None) -> list[Step]:
+        inv = self.inv
+        used = [n for n in inv.nodes if any(r.node == n for r in ranks)]
+        steps = [Step("check-network", used, detail="NPU links, TLS, device IPs, planned-pair pings")]
+        if inv.kv_transfer is not None and inv.kv_transfer.connector == "LLMDataDistCMgrConnector":
+            steps.append(Step("ranktable", used, detail=f"P/D rank table from live device IPs -> {rank_table_path(inv)}"))
+        steps.append(Step("containers", used, detail=f"{container_name(inv)} from {inv.container.image}"))
+        groups = list(inv.groups)
+        if inv.kv_transfer is not None and inv.kv_transfer.connector == "MooncakeLayerwiseConnector":
+            groups = [g for g in groups if g.role == "decode"] + [g for g in groups if g.role != "decode"]
+        for g in groups:
+            steps.append(Step("launch", [g.nodes[0]], group=g.name, detail="master"))
+            if len(g.nodes) > 1:
+                detail = "headless" if g.launch_mode != "external" else "other nodes"
+                steps.append(Step("launch", list(g.nodes[1:]), group=g.name, detail=detail))
+        http = [n for n in used if any(r.node == n and r.port is not None for r in ranks)]
+        steps.append(Step("readiness", http, detail="every serving rank answers /health with 200"))
+        if proxy is not None:
+            steps.append(Step("proxy", [proxy.node], detail=f"{proxy.host}:{proxy.port}"))
+        if inv.readiness.smoke:
+            target = proxy.node if proxy else next((r.node for r in ranks if r.port is not None), used[0])
+            steps.append(Step("smoke", [target], detail="one completion end to end"))
+        return steps
+
+
+def engine_id(index: int, g: Group) -> str:
+    return g.engine_id if g.engine_id is not None else str(index)
+
+
+def container_name(inv: Inventory) -> str:
+    return inv.container.name or f"vllm-{inv.name}"
+
+
+def remote_dir(inv: Inventory) -> str:
+    """Where `up` keeps this deployment's files on every node (scripts, rank table, logs)."""
+    return f"/var/tmp/deploy/{inv.name}"
+
+
+def rank_table_path(inv: Inventory) -> str:
+    return f"{remote_dir(inv)}/ranktable.json"
+
+
+def kv_transfer_config(inv: Inventory, index: int, g: Group, pre: Group | None, dec: Group | None) -> str:
+    kv = inv.kv_transfer
+    assert kv is not None
+    extra: dict[str, Any] = {}
+    if pre is not None:
+        extra["prefill"] = {"dp_size": pre.dp, "tp_size": pre.tp}
+    if dec is not None:
+        extra["decode"] = {"dp_size": dec.dp, "tp_size": dec.tp}
+    config = {
+        "kv_connector": kv.connector,
+        "kv_role": KV_ROLES[g.role],
+        "kv_port": str(g.kv_port),
+        "engine_id": engine_id(index, g),
+        "kv_connector_extra_config": deep_merge(extra, kv.extra),
+    }
+    config = deep_merge(config, kv.config)
+    return json.dumps(config, separators=(",", ":"))
+
+
+def _did_you_mean(name: str, options: list[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.5)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def make_plan(inv: Inventory) -> Plan:
+    """Inventory -> Plan, or InventoryError with every problem found."""
+    p = _Planner(inv)
+    p.check_references()
+    p.check_roles()
+    if p.problems:
+        raise InventoryError(p.problems, inv.source)
+    layouts = p.layout()
+    if p.problems:
+        raise InventoryError(p.problems, inv.source)
+    ranks = p.ranks(layouts)
+    proxy = p.proxy(ranks)
+    p.check_ports(ranks, proxy)
+    if p.problems:
+        raise InventoryError(p.problems, inv.source)
+    return Plan(inv, ranks, proxy, p.steps(ranks, proxy), p.warnings)

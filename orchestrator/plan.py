@@ -348,8 +348,9 @@ class _Planner:
         return layouts
 
     def check_args(self, gi: int, g: Group, args: dict[str, Any], env: dict[str, str]) -> None:
-        for layer_path, layer in ((("args",), self.inv.args), (("roles", g.role, "args"), getattr(self.inv.roles, g.role).args),
-                                  (("groups", gi, "args"), g.args)):
+        layers = ((("args",), self.inv.args), (("roles", g.role, "args"), getattr(self.inv.roles, g.role).args),
+                  (("groups", gi, "args"), g.args))
+        for layer_path, layer in layers:
             for key in layer:
                 name = flag_name(key)
                 if name in PLANNER_FLAGS:
@@ -359,12 +360,21 @@ class _Planner:
             if key in env:
                 self.warn(("groups", gi, "env"), f"{key} is set per rank by the planner; the inventory value is ignored",
                           f"remove {key} from env")
+        def where(flag: str) -> tuple:
+            """The layer that set the effective value, so the warning points at the right line."""
+            found: tuple = ("groups", gi, "args")
+            for path, layer in layers:
+                for key in layer:
+                    if flag_name(key) == flag:
+                        found = path + (key,)
+            return found
+
         if g.role == "decode" and args.get("enforce-eager"):
-            self.warn(("groups", gi, "args"), "enforce-eager on a decode group (graph mode is ~6x faster for decode)",
+            self.warn(where("enforce-eager"), "enforce-eager on a decode group (graph mode is ~6x faster for decode)",
                       "remove enforce-eager for decode")
         gmu = args.get("gpu-memory-utilization")
         if isinstance(gmu, (int, float)) and not isinstance(gmu, bool) and gmu > 0.95:
-            self.warn(("groups", gi, "args"), f"gpu-memory-utilization {gmu} is above 0.95",
+            self.warn(where("gpu-memory-utilization"), f"gpu-memory-utilization {gmu} is above 0.95 (group '{g.name}')",
                       "leave headroom for HCCL buffers: 0.9 to 0.95")
 
     def allocate(self, layouts: list[_GroupLayout]) -> None:

@@ -614,7 +614,8 @@ DSV4_FLASH_A2_4P1D = Example(
         "d2": ("141.61.0.7", "141.61.0.7", "enp67s0f0np0"),
         "d3": ("141.61.0.8", "141.61.0.8", "enp67s0f0np0"),
     },
-    roles={"p0": "prefill", "p1": "prefill", "p2": "prefill", "p3": "prefill", "d": "decode"},
+    roles={"p0": "prefill", "p1": "prefill", "p2": "prefill", "p3": "prefill",
+           "d": "decode"},
     ranks=[
         # each Prefill node: --dp-size 8 --tp-size 1 --dp-size-local 8 --dp-rank-start 0
         #   --dp-address <its own ip> --dp-rpc-port 12321 --vllm-start-port 7100

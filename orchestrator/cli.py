@@ -10,6 +10,9 @@ from . import __version__
 # Each entry: module under orchestrator.commands exposing a click command named `command`.
 COMMANDS = [
     "plan",
+    "exec",
+    "check_network",
+    "sim",
 ]
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "load_state",
     "save_state",
     "write_cluster",
+    "install_tools",
     "node_lock",
     "node_dir",
     "render_node",
@@ -388,7 +389,6 @@ def _lldp_text(state: NodeState, d: DeviceState) -> str:
             "VRP (R) software, Version 8.220 (CE9860 V200R022C00SPC500)",
             "Copyright (C) 2012-2023 Huawei Technologies Co., Ltd.",
             "HUAWEI CE9860-4C-EI",
-            "",
             "System Capabilities TLV",
             "\tSystem capabilities:  Bridge, Router",
             "\tEnabled capabilities: Bridge, Router",
@@ -730,7 +730,7 @@ def _sync_tree(base: Path, files: dict[str, str], keep: set[str]) -> None:
     for dirpath, _dirnames, filenames in os.walk(base):
         for fn in filenames:
             rel = os.path.relpath(os.path.join(dirpath, fn), base)
-            if rel not in wanted and not fn.startswith(".") and rel not in keep:
+            if rel not in wanted and not fn.startswith("."):  # dot files: in-flight writes
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(dirpath, fn))
 
@@ -764,6 +764,8 @@ def save_state(node_dir: str | os.PathLike[str], state: NodeState) -> None:
     """
     ndir = Path(node_dir)
     _check_node_name(state.name)
+    if ndir.parent.name == "nodes" and ndir.name != state.name:
+        raise ValueError(f"state of node {state.name!r} saved into {ndir}")
     _mkdir(ndir)
     _mkdir(ndir / "etc")
     _write(ndir / "state.json", _dump_json(state), RW_MODE)

@@ -1,0 +1,241 @@
+"""`check-network` over the transport: collect every node in one round trip, judge, ping the
+planned pairs, optionally align TLS. `deploy up` calls `check_network` as its first step.
+"""
+from __future__ import annotations
+
+import shlex
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..playbooks import read
+from ..plan import Plan
+from ..transport import Cluster
+from . import parsers as P
+from .facts import NodeFacts, node_facts, parse_sections
+from .model import Check, NetworkReport, Ping
+from .rules import cluster_checks, node_checks
+
+BUSY_RETRIES = 5
+PING_PARALLEL = 4  # concurrent pings per node (hccn_tool answers busy beyond a few)
+COLLECT_TIMEOUT = 300.0
+PING_TIMEOUT = 600.0
+
+Progress = Callable[[str], None]
+
+
+def node_script(playbook: str, **values: object) -> str:
+    """Variables (shell-quoted), the busy-retrying `h` helper, then the playbook's text."""
+    values.setdefault("RETRIES", BUSY_RETRIES)
+    head = "".join(f"{k}={shlex.quote(str(v))}\n" for k, v in values.items())
+    return head + read("hccn_retry.sh") + (read(playbook) if playbook else "")
+
+
+def collect_script(soc: str, devices: list[int]) -> str:
+    return node_script("network_collect.sh", SOC=soc, DEVICES=" ".join(map(str, devices)))
+
+
+@dataclass(frozen=True)
+class Pair:
+    src: str
+    src_device: int
+    dst: str
+    dst_device: int
+
+
+def group_devices(plan: Plan) -> dict[tuple[str, str], list[int]]:
+    """(group, node) -> the devices that group uses on that node, sorted."""
+    out: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for r in plan.ranks:
+        out[(r.group, r.node)].update(r.devices)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def planned_pairs(plan: Plan, nodes: list[str]) -> list[Pair]:
+    """The device pairs the plan will use: same-index devices across the nodes of each group,
+    and for P/D, device i of every prefill node to device i of every decode node."""
+    selected = set(nodes)
+    pairs: set[Pair] = set()
+    by_group = group_devices(plan)
+    for g in plan.inventory.groups:
+        members = [n for n in g.nodes if n in selected]
+        for a in members:
+            for b in members:
+                if a == b:
+                    continue
+                da, db = by_group.get((g.name, a), []), by_group.get((g.name, b), [])
+                pairs.update(Pair(a, x, b, y) for x, y in zip(da, db))
+    prefill = [n for n in plan.nodes if n in selected and any(r.node == n and r.role == "prefill" for r in plan.ranks)]
+    decode = [n for n in plan.nodes if n in selected and any(r.node == n and r.role == "decode" for r in plan.ranks)]
+    for p in prefill:
+        for d in decode:
+            if p != d:
+                pairs.update(Pair(p, x, d, y) for x, y in zip(plan.devices_used(p), plan.devices_used(d)))
+    order = {n: i for i, n in enumerate(plan.inventory.nodes)}
+    return sorted(pairs, key=lambda q: (order[q.src], q.src_device, order[q.dst], q.dst_device))
+
+
+def ping_target(soc: str, src: NodeFacts, dst: NodeFacts, pair: Pair, roce_only: bool) -> tuple[str, str | None]:
+    """RoCE `-ping` on A2 and across Super Pods; `-hccs_ping` to the vNIC inside an A3 Super Pod."""
+    sdev, ddev = src.devices.get(pair.src_device), dst.devices.get(pair.dst_device)
+    if ddev is None or sdev is None:
+        return "ping", None
+    if soc == "a3" and not roce_only and sdev.super_pod_id is not None and sdev.super_pod_id == ddev.super_pod_id:
+        return "hccs_ping", ddev.vnic_ip
+    return "ping", ddev.ip
+
+
+async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], pairs: list[Pair],
+                     roce_only: set[tuple[str, str]]) -> list[Ping]:
+    soc = plan.inventory.soc
+    jobs: dict[str, list[tuple[Pair, str, str]]] = defaultdict(list)
+    results: list[Ping] = []
+    for pair in pairs:
+        kind, addr = ping_target(soc, facts[pair.src], facts[pair.dst], pair, (pair.src, pair.dst) in roce_only)
+        if addr is None:
+            results.append(Ping(pair.src, pair.src_device, pair.dst, pair.dst_device, kind, "", False,
+                                f"{pair.dst} dev {pair.dst_device} has no {'vNIC ' if kind == 'hccs_ping' else ''}IP to ping"))
+        else:
+            jobs[pair.src].append((pair, kind, addr))
+
+    async def one(node: str) -> list[Ping]:
+        items = jobs[node]
+        lines = "\n".join(f"{p.src_device} {kind} {addr} {i}" for i, (p, kind, addr) in enumerate(items))
+        script = node_script("network_ping.sh", PAIRS=lines, PARALLEL=PING_PARALLEL)
+        outcome = await cluster.run_script(node, script, timeout=PING_TIMEOUT)
+        sections = parse_sections(outcome.stdout if outcome.stdout else "")
+        by_tag = {name.split()[-1]: sec for name, sec in sections.items() if name.startswith("ping ")}
+        out = []
+        for i, (p, kind, addr) in enumerate(items):
+            sec = by_tag.get(str(i))
+            if sec is None:
+                res = P.PingResult(False, None, None, None, outcome.reason or "no result from the node")
+                busy = 0
+            else:
+                res = P.ping(sec.text, sec.rc if sec.rc is not None else -1)
+                busy = sec.busy
+                if sec.rc == 11:
+                    res.detail = f"hccn_tool stayed busy after {busy} retries"
+            out.append(Ping(p.src, p.src_device, p.dst, p.dst_device, kind, addr, res.ok, res.detail, busy))
+        return out
+
+    import asyncio
+    for chunk in await asyncio.gather(*(one(n) for n in jobs)):
+        results.extend(chunk)
+    return results
+
+
+def _unsupported_hccs(pings: list[Ping]) -> set[tuple[str, str]]:
+    return {(p.src, p.dst) for p in pings if p.kind == "hccs_ping" and "not supported" in p.observed}
+
+
+def ping_checks(pings: list[Ping]) -> list[Check]:
+    """One check per failing (source node, destination node), worst device pair named."""
+    by_pair: dict[tuple[str, str], list[Ping]] = defaultdict(list)
+    for p in pings:
+        by_pair[(p.src, p.dst)].append(p)
+    out = []
+    for (src, dst), items in by_pair.items():
+        bad = [p for p in items if not p.ok]
+        if not bad:
+            out.append(Check(src, "ping", "ok", f"{len(items)}/{len(items)} pings to {dst} ok"))
+            continue
+        worst = bad[0]
+        tool = "-hccs_ping" if worst.kind == "hccs_ping" else "-ping"
+        out.append(Check(src, "ping", "fail",
+                         f"{len(bad)}/{len(items)} pings to {dst} failed; dev {worst.src_device} -> {dst} dev "
+                         f"{worst.dst_device} ({worst.address or 'no address'}): {worst.observed}",
+                         f"{src} cannot reach {dst} over the NPU network",
+                         f"on {src}: hccn_tool -i {worst.src_device} {tool} -g address {worst.address or '<ip>'}; "
+                         "check links, subnets, switch and TLS on both ends", worst.src_device))
+    return out
+
+
+async def collect(cluster: Cluster, plan: Plan, nodes: list[str]) -> tuple[dict[str, NodeFacts], dict[str, str]]:
+    import asyncio
+
+    soc = plan.inventory.soc
+
+    async def one(node: str) -> tuple[str, NodeFacts | None, str]:
+        devices = plan.devices_used(node)
+        outcome = await cluster.run_script(node, collect_script(soc, devices), timeout=COLLECT_TIMEOUT)
+        if outcome.status == "unreachable":
+            return node, None, outcome.reason
+        return node, node_facts(node, outcome.stdout, devices), ""
+
+    facts, unreachable = {}, {}
+    for node, f, reason in await asyncio.gather(*(one(n) for n in nodes if n not in cluster.unreachable)):
+        if f is None:
+            unreachable[node] = reason
+        else:
+            facts[node] = f
+    return facts, unreachable
+
+
+def judge(plan: Plan, facts: dict[str, NodeFacts], busy_is_error: bool) -> tuple[list[Check], list[str]]:
+    checks: list[Check] = []
+    devices = {n: plan.devices_used(n) for n in facts}
+    for node, f in facts.items():
+        checks += node_checks(node, plan.inventory.soc, f, devices[node], busy_is_error)
+    good = {n: f for n, f in facts.items() if f.soc == plan.inventory.soc}
+    more, summary = cluster_checks(good, devices)
+    return checks + more, summary
+
+
+async def fix_tls(cluster: Cluster, facts: dict[str, NodeFacts], devices: dict[str, list[int]],
+                  target: int) -> list[str]:
+    """Set every used device whose TLS switch differs to `target`; returns what changed."""
+    import asyncio
+
+    async def one(node: str) -> list[str]:
+        wrong = [d for d in devices[node] if d in facts[node].devices and facts[node].devices[d].tls not in (None, target)]
+        if not wrong:
+            return []
+        script = node_script("") + "".join(f"echo '@@tls-set {d}'; h -i {d} -tls -s enable {target}\n" for d in wrong)
+        outcome = await cluster.run_script(node, script, timeout=COLLECT_TIMEOUT)
+        secs = parse_sections(outcome.stdout)
+        done = []
+        for d in wrong:
+            sec = secs.get(f"tls-set {d}")
+            ok = sec is not None and sec.rc == 0
+            state = "set" if ok else f"FAILED ({P.first_line(sec.text) if sec else outcome.reason})"
+            done.append(f"{node} dev {d}: tls {1 - target} -> {target} {state}")
+        return done
+
+    changes: list[str] = []
+    for chunk in await asyncio.gather(*(one(n) for n in facts)):
+        changes += chunk
+    return changes
+
+
+async def check_network(plan: Plan, cluster: Cluster, nodes: list[str] | None = None, *, ping: bool = True,
+                        fix_tls_to: int | None = None, busy_is_error: bool = False,
+                        progress: Progress | None = None) -> NetworkReport:
+    """The whole check as a value. `cluster` must be connected; nodes default to the plan's."""
+    say = progress or (lambda _msg: None)
+    nodes = nodes or plan.nodes
+    report = NetworkReport(nodes=list(nodes))
+    report.unreachable.update({n: cluster.unreachable[n].reason for n in nodes if n in cluster.unreachable})
+    say(f"collecting NPU facts from {len(nodes) - len(report.unreachable)} nodes")
+    facts, lost = await collect(cluster, plan, nodes)
+    report.unreachable.update(lost)
+    if fix_tls_to is not None:
+        devices = {n: plan.devices_used(n) for n in facts}
+        report.tls_changes = await fix_tls(cluster, facts, devices, fix_tls_to)
+        if report.tls_changes:
+            say(f"TLS changed on {len(report.tls_changes)} devices; re-checking")
+            facts, lost = await collect(cluster, plan, list(facts))
+            report.unreachable.update(lost)
+    report.checks, report.summary = judge(plan, facts, busy_is_error)
+    if ping:
+        pairs = [p for p in planned_pairs(plan, list(facts)) if p.src in facts and p.dst in facts]
+        say(f"pinging {len(pairs)} planned device pairs")
+        pings = await _run_pings(cluster, plan, facts, pairs, set())
+        fallback = _unsupported_hccs(pings)
+        if fallback:  # 800T A3 boards have no -hccs_ping: use RoCE for those node pairs
+            redo = [p for p in pairs if (p.src, p.dst) in fallback]
+            keep = [p for p in pings if (p.src, p.dst) not in fallback]
+            pings = keep + await _run_pings(cluster, plan, facts, redo, fallback)
+        report.pings = pings
+        report.checks += ping_checks(pings)
+    return report

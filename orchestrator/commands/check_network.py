@@ -1,0 +1,76 @@
+"""`deploy check-network`: prove the NPU network before anything launches."""
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+
+import click
+from rich.console import Console
+
+from ..checks.network import check_network
+from ..checks.report import print_report
+from ..cliutil import EXIT_USAGE, load_plan_or_exit
+from ..nodeset import SelectorError, select_nodes
+from ..runlog import run_dir
+from ..transport import Cluster
+
+
+@click.command("check-network")
+@click.argument("inventory", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout: every check of every node/device.")
+@click.option("--fix-tls", type=click.Choice(["off", "on"]), is_flag=False, flag_value="off", default=None,
+              help="Set every used device to the same TLS switch (default off = disable) where it differs, "
+                   "then re-check.")
+@click.option("--no-ping", is_flag=True, help="Skip the planned-pair pings.")
+@click.option("--nodes", "selector", metavar="SELECTOR",
+              help="Only these nodes: names, globs, role:decode, group:p0 (comma-separated).")
+def command(inventory: str, as_json: bool, fix_tls: str | None, no_ping: bool, selector: str | None) -> None:
+    """Check NPU links, net health, device IPs, hccn.conf, TLS, health and HBM on every node the
+    plan uses, then ping the device pairs the plan will use. Exit 0 green (warnings allowed),
+    1 a failed check, 4 a node unreachable, 2 usage or inventory error."""
+    plan = load_plan_or_exit(inventory)
+    try:
+        nodes = select_nodes(plan.inventory, selector) if selector else plan.nodes
+    except SelectorError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(EXIT_USAGE)
+    nodes = [n for n in plan.nodes if n in nodes]
+    if not nodes:
+        click.echo("error: the selection has no node that the plan uses", err=True)
+        sys.exit(EXIT_USAGE)
+    err = Console(stderr=True)
+    quiet = as_json or not err.is_terminal
+
+    def progress(msg: str) -> None:
+        if not quiet:
+            err.print(f"[dim]{msg}[/dim]", highlight=False)
+
+    logs = run_dir(plan.inventory, "check-network")
+
+    async def go():
+        async with Cluster(plan.inventory, nodes, log_dir=logs) as cluster:
+            progress(f"connecting to {len(nodes)} nodes")
+            await cluster.connect()
+            return await check_network(plan, cluster, nodes, ping=not no_ping,
+                                       fix_tls_to=None if fix_tls is None else int(fix_tls == "on"),
+                                       progress=progress)
+
+    report = asyncio.run(go())
+    if as_json:
+        out = report.to_json()
+        out["inventory"] = plan.name
+        out["logs"] = str(logs)
+        click.echo(json.dumps(out, indent=2))
+    else:
+        n_pairs = len(report.pings) if not no_ping else 0
+        title = (f"check-network {plan.name}: {len(nodes)} nodes ({plan.inventory.soc}), "
+                 f"{sum(len(plan.devices_used(n)) for n in nodes)} devices, {n_pairs} planned pings")
+        out = Console()
+        if not out.is_terminal:
+            out = Console(width=160)  # piped or logged: keep observed lines and fixes unwrapped
+        print_report(report, out, title)
+        click.echo(f"logs: {logs}", err=True)
+    sys.exit(report.exit_code)
+
+

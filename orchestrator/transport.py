@@ -353,6 +353,7 @@ class Cluster:
 
     async def connect(self, on_node: Callable[[Outcome], None] | None = None
                       ) -> dict[str, Outcome]:
+        """Open every node now (for a progress count and an early list of the unreachable)."""
         async def one(name: str) -> Outcome:
             conn = await self._connection(name)
             o = conn if isinstance(conn, Outcome) else Outcome(name, "ok", reason="connected")

@@ -103,13 +103,15 @@ def sim(request):
     (base / "inv.yaml").write_text(INVENTORY)
     (base / "faults.yaml").write_text(FAULTS)
     root = base / "sim"
-    r = cli("up", str(base / "inv.yaml"), "--dir", str(root), "--sshd", request.param,
-            "--faults", str(base / "faults.yaml"))
-    assert r.exit_code == 0, r.stderr
-    assert r.stdout == f"{root}/inventory.yaml\n"
-    yield Handle(root)
-    cli("down", "--dir", str(root))
-    shutil.rmtree(base, ignore_errors=True)
+    try:
+        r = cli("up", str(base / "inv.yaml"), "--dir", str(root), "--sshd", request.param,
+                "--faults", str(base / "faults.yaml"))
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout == f"{root}/inventory.yaml\n"
+        yield Handle(root)
+    finally:
+        cli("down", "--dir", str(root))
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_each_node_answers_with_its_own_tools(sim):

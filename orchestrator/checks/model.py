@@ -77,7 +77,8 @@ class NetworkReport:
         parts = []
         if self.failed:
             bad_nodes = sorted({c.node for c in self.failed})
-            parts.append(f"{len(self.failed)} failed checks on {len(bad_nodes)} of {n} nodes")
+            k = len(self.failed)
+            parts.append(f"{k} failed check{'s' if k != 1 else ''} on {len(bad_nodes)} of {n} nodes")
         if self.unreachable:
             parts.append(f"{len(self.unreachable)} of {n} nodes unreachable")
         return "network NOT ready: " + ", ".join(parts)

@@ -96,10 +96,10 @@ def print_report(report: NetworkReport, console: Console | None = None, title: s
         console.print(line, highlight=False, soft_wrap=True)
     fails = fold_checks(report.failed)
     if fails:
-        console.print(_table(f"{len(report.failed)} failed checks", fails))
+        console.print(_table(f"{len(report.failed)} failed check{'s' if len(report.failed) != 1 else ''}", fails))
     warns = fold_checks(report.warnings)
     if warns:
-        console.print(_table(f"{len(report.warnings)} warnings", warns))
+        console.print(_table(f"{len(report.warnings)} warning{'s' if len(report.warnings) != 1 else ''}", warns))
     matrix = ping_matrix(report)
     if matrix is not None:
         console.print(matrix)

@@ -213,21 +213,23 @@ def cluster_checks(facts: dict[str, NodeFacts], devices: dict[str, list[int]]) -
     elif counts:
         summary.append(f"tls {'on' if next(iter(counts)) else 'off'} on all {len(tls)} used devices")
 
-    # Device IPs unique across the cluster (RoCE, and vNIC on A3).
+    # Device IPs unique: RoCE across the cluster, vNIC (HCCS) within each Super Pod.
     for kind, attr in (("ip", "ip"), ("vnic", "vnic_ip")):
-        owners: dict[str, list[tuple[str, int]]] = defaultdict(list)
+        owners: dict[tuple, list[tuple[str, int]]] = defaultdict(list)
         for n, d, dev in used:
             value = getattr(dev, attr)
             if value:
-                owners[value].append((n, d))
-        for addr, where in owners.items():
-            if len(where) > 1:
-                for n, d in where:
-                    others = [w for w in where if w != (n, d)]
-                    out.append(Check(n, f"{kind}_unique", "fail", f"{addr}",
-                                     f"{kind} address {addr} is also on {_where(others)}",
-                                     f"give one of them another address: hccn_tool -i {d} -{'ip' if kind == 'ip' else 'vnic'} -s "
-                                     "address <unique ip> netmask <mask>", d))
+                owners[(value, dev.super_pod_id if kind == "vnic" else None)].append((n, d))
+        for (addr, pod), where in owners.items():
+            if len(where) < 2:
+                continue
+            scope = f" in Super Pod {pod}" if kind == "vnic" else ""
+            fix = ("give one of them another address: hccn_tool -i {d} -ip -s address <unique ip> netmask <mask>"
+                   if kind == "ip" else "check the Super Pod's vNIC plan (npu-smi info -t spod-info; hccn_tool -i {d} -vnic -g)")
+            for n, d in where:
+                others = [w for w in where if w != (n, d)]
+                out.append(Check(n, f"{kind}_unique", "fail", addr,
+                                 f"{kind} address {addr} is also on {_where(others)}{scope}", fix.format(d=d), d))
 
     # One subnet per plane (device index) across nodes.
     planes: dict[int, list[tuple[str, str]]] = defaultdict(list)

@@ -21,6 +21,7 @@ import os
 import pwd
 import random
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -106,7 +107,8 @@ class Sim:
         try:
             data = json.loads((Path(root) / "sim.json").read_text())
         except FileNotFoundError:
-            raise SimUsageError(f"no simulator in {root} (no sim.json); start one with `deploy sim up`") from None
+            raise SimUsageError(f"no simulator in {root} (no sim.json); "
+                                "start one with `deploy sim up`") from None
         data["dir"] = Path(data["dir"])
         data["nodes"] = {name: SimNode(**n) for name, n in data["nodes"].items()}
         return cls(**data)
@@ -383,12 +385,7 @@ def up(root: str | Path, inventory: str | None = None, *, nodes: int | None = No
 
         if not openssh.available():
             raise SimUsageError(f"--sshd openssh needs {openssh.SSHD}; use --sshd embedded")
-    if (root / "sim.json").exists():
-        say(f"bringing down the previous sim in {root} first")
-        _, survivors = down(root)
-        if survivors:
-            raise SimError(f"the previous sim in {root} left processes running: {survivors}")
-    elif root.exists() and any(root.iterdir()):
+    if root.exists() and any(root.iterdir()) and not (root / "sim.json").exists():
         raise SimUsageError(f"{root} exists and is not a simulator directory (no sim.json); "
                             "give an empty or new --dir")
     raw = None
@@ -406,6 +403,12 @@ def up(root: str | Path, inventory: str | None = None, *, nodes: int | None = No
         raise SimError(f"port {port} is taken on every address by another server; use --port")
 
     t0 = time.monotonic()
+    if (root / "sim.json").exists():  # DIR is the simulator's own: start afresh
+        say(f"bringing down the previous sim in {root} first")
+        _, survivors = down(root)
+        if survivors:
+            raise SimError(f"the previous sim in {root} left processes running: {survivors}")
+        shutil.rmtree(root)
     user = sim_user()
     created = not root.exists()
     root.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -422,11 +425,13 @@ def up(root: str | Path, inventory: str | None = None, *, nodes: int | None = No
         if raw is None:
             raw = generate_inventory(list(zip(names, addrs)), soc)
             inventory = str(root / "source-inventory.yaml")
-            Path(inventory).write_text(yaml.safe_dump(raw, sort_keys=False))
         sim = Sim(dir=root, mode=mode, user=user, port=port, block=block, soc=soc,
                   inventory=str(root / "inventory.yaml"), source_inventory=os.path.abspath(inventory),
                   nodes={n: SimNode(addr=a, port=port, node_dir=str(root / "nodes" / n))
                          for n, a in zip(names, addrs)})
+        sim.save()  # from here on DIR is a sim dir: `up` again or `down` clean it
+        if inventory == str(root / "source-inventory.yaml"):
+            Path(inventory).write_text(yaml.safe_dump(raw, sort_keys=False))
         write_cluster(root, build_states(list(zip(names, addrs)), soc))
         _write_keys(sim)
         (root / "home").mkdir(exist_ok=True)  # the embedded server's HOME: empty

@@ -30,6 +30,7 @@ import asyncssh
 from .cluster import Sim, SimError, _tail, authorized_keys_path, host_key_path, node_env, sshd_dir
 
 _PKG_PARENT = str(Path(__file__).resolve().parents[2])
+_SIGNAL_NAMES = {s.value: s.name[3:] for s in signal.Signals if not s.name.startswith("SIG_")}
 
 
 # ---------------------------------------------------------------------------- control (CLI side)
@@ -119,7 +120,8 @@ class _Server(asyncssh.SSHServer):
         return ok
 
     def auth_completed(self) -> None:
-        self.node.say(f"Accepted publickey for {self.daemon.sim.user} from {self.peer[0]} port {self.peer[1]}")
+        user, (addr, port) = self.daemon.sim.user, self.peer
+        self.node.say(f"Accepted publickey for {user} from {addr} port {port}")
 
 
 class Daemon:
@@ -135,8 +137,9 @@ class Daemon:
             pw = pwd.getpwnam(sim.user)
             self.creds = {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": []}
         for name, n in sim.nodes.items():
-            node = self.nodes.get(name) or self.nodes.setdefault(
-                name, _Node(name, sshd_dir(self.root, name) / "sshd.log"))
+            if name not in self.nodes:
+                self.nodes[name] = _Node(name, sshd_dir(self.root, name) / "sshd.log")
+            node = self.nodes[name]
             want = "unreachable" not in n.ssh_faults
             key = host_key_path(self.root, name).read_bytes() if want else None
             if node.acceptor and (not want or key != node.key or node.where != (n.addr, n.port)):
@@ -151,8 +154,9 @@ class Daemon:
                     n.addr, n.port, server_factory=partial(_Server, self, node),
                     server_host_keys=[asyncssh.import_private_key(key)],
                     process_factory=partial(self.session, name), encoding=None,
-                    allow_pty=False, x11_forwarding=False, agent_forwarding=False,
-                    sftp_factory=None, allow_scp=False, backlog=1024, reuse_address=True)
+                    allow_pty=True, line_editor=False, x11_forwarding=False,
+                    agent_forwarding=False, sftp_factory=None, allow_scp=False, backlog=1024,
+                    reuse_address=True)
                 node.key, node.where = key, (n.addr, n.port)
                 node.say(f"Server listening on {n.addr} port {n.port}.")
         (self.root / "embedded.ack").write_text(f"{sim.generation}\n")
@@ -161,8 +165,8 @@ class Daemon:
         """One channel: the command as a real process, stdin/stdout/stderr pumped, exit status."""
         peer = process.get_extra_info("peername")[:2]
         local = process.get_extra_info("sockname")[:2]
-        pw_home = str(self.root / "home")
-        env = {**node_env(self.root, node), "HOME": pw_home, "USER": self.sim.user,
+        home = str(self.root / "home")
+        env = {**node_env(self.root, node), "HOME": home, "USER": self.sim.user,
                "LOGNAME": self.sim.user, "SHELL": "/bin/sh",
                "SSH_CLIENT": f"{peer[0]} {peer[1]} {local[1]}",
                "SSH_CONNECTION": f"{peer[0]} {peer[1]} {local[0]} {local[1]}"}
@@ -172,7 +176,7 @@ class Daemon:
         err_r, err_w = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=subprocess.PIPE, stdout=out_w, stderr=err_w, env=env, cwd=pw_home,
+                *argv, stdin=subprocess.PIPE, stdout=out_w, stderr=err_w, env=env, cwd=home,
                 start_new_session=True, **self.creds)
         except OSError as e:
             os.close(out_r)
@@ -188,11 +192,11 @@ class Daemon:
         rc = await proc.wait()
         feeder.cancel()
         try:
-            if rc < 0:
-                process.exit_with_signal(signal.Signals(-rc).name[3:])
+            if rc < 0 and -rc in _SIGNAL_NAMES:
+                process.exit_with_signal(_SIGNAL_NAMES[-rc])
             else:
-                process.exit(rc)
-        except (OSError, ValueError):
+                process.exit(rc if rc >= 0 else 128 - rc)
+        except OSError:
             pass  # the client is gone
 
     async def run(self, ready_fd: int) -> int:

@@ -84,8 +84,13 @@ def start(sim: Sim, nodes: list[str]) -> None:
     if errors:
         raise SimError("sshd did not start:\n  " + "\n  ".join(errors))
     wait_listening(sim, nodes, timeout=15 + len(nodes) / 10)
-    for node in nodes:  # the PidFile is written after listen()
-        sim.nodes[node].pid = int((sshd_dir(sim.dir, node) / "sshd.pid").read_text())
+    deadline = time.monotonic() + 10
+    for node in nodes:  # the PidFile is written just after listen()
+        while not (text := _read_text(sshd_dir(sim.dir, node) / "sshd.pid")).endswith("\n"):
+            if time.monotonic() > deadline:
+                raise SimError(f"sshd of {node} listens but wrote no PidFile")
+            time.sleep(0.01)
+        sim.nodes[node].pid = int(text)
 
 
 def restart(sim: Sim, node: str, timeout: float = 10.0) -> None:
@@ -117,6 +122,13 @@ def stop(pid: int) -> None:
     victims = freeze(tree)
     _signal(victims, signal.SIGTERM)
     _signal(victims, signal.SIGCONT)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _comm(pid: int) -> str:

@@ -66,24 +66,20 @@ class Sim:
         src.write_text(text)
         out = deploy("sim", "up", str(src), "--dir", str(self.dir / "sim"), "--sshd", mode, check=True)
         self.inventory = out.stdout.strip().splitlines()[-1]
-        self.saved = {p: p.read_bytes() for p in (self.dir / "sim" / "nodes").glob("*/state.json")}
-        self.ssh_faulted: set[str] = set()
+        self.faulted: set[str] = set()
 
     def fault(self, node: str, fault: str, device: int | None = None) -> None:
         args = ["sim", "fault", "--dir", str(self.dir / "sim"), node, fault]
         if device is not None:
             args += ["--device", str(device)]
         deploy(*args, check=True)
-        if fault in ("unreachable", "auth-fail", "host-key-changed"):
-            self.ssh_faulted.add(node)
+        self.faulted.add(node)
 
     def restore(self) -> None:
-        from orchestrator.sim.state import NodeState, save_state
-        for path, data in self.saved.items():
-            save_state(path.parent, NodeState.model_validate_json(data))
-        for node in sorted(self.ssh_faulted):
-            deploy("sim", "fault", "--dir", str(self.dir / "sim"), node, "clear-ssh", check=True)
-        self.ssh_faulted.clear()
+        """`deploy sim fault NODE clear` on every node a test broke."""
+        for node in sorted(self.faulted):
+            deploy("sim", "fault", "--dir", str(self.dir / "sim"), node, "clear", check=True)
+        self.faulted.clear()
 
     def check(self, *args: str) -> subprocess.CompletedProcess:
         return deploy("check-network", self.inventory, *args)

@@ -45,6 +45,7 @@ SSH_FAULT_HELP = {
     "auth-fail": "the node no longer accepts the simulator's client key (permission denied)",
     "host-key-changed": "the node gets a new host key; DIR/keys/known_hosts keeps the old one",
     "clear-ssh": "undo the node's SSH faults (original keys, server running)",
+    "clear": "undo every fault of the node: healthy tools again (and peers' ping-loss to it), SSH as clear-ssh",
 }
 _SAFE_DIR = re.compile(r"^/[A-Za-z0-9_./+@-]*$")
 
@@ -147,7 +148,10 @@ def node_env(root: Path, node: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def _flock(path: Path) -> Iterator[None]:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # read-only: the file may be another user's (flock works on any open file)
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -270,7 +274,10 @@ def claim_block(root: Path) -> int:
             claim = BLOCK_DIR / f"127.{b}"
             if b in used or (claim.exists() and _claim_held(claim, b, root)):
                 continue
-            claim.write_text(json.dumps({"dir": str(root), "pid": os.getpid()}) + "\n")
+            try:
+                claim.write_text(json.dumps({"dir": str(root), "pid": os.getpid()}) + "\n")
+            except PermissionError:  # a stale claim of another user's
+                continue
             return b
     raise SimError(f"no free loopback block: every 127.B/16 for B in {BLOCKS.start}..{BLOCKS.stop - 1} "
                    f"is claimed in {BLOCK_DIR} or has a listener")
@@ -489,6 +496,10 @@ def fault(root: str | Path, node: str, name: str, device: int | None = None) -> 
     check_fault(list(sim.nodes), node, name)
     if sim.state != "up":
         raise SimError(f"the sim in {root} is down; `deploy sim up` first")
+    if name == "clear":
+        _clear_tools(sim, node)
+        fault(root, node, "clear-ssh")
+        return f"{node}: cleared"
     if name not in SSH_FAULTS and name != "clear-ssh":
         try:
             apply_fault(root, node, name, device)
@@ -523,6 +534,25 @@ def fault(root: str | Path, node: str, name: str, device: int | None = None) -> 
     return f"{node}: {name}"
 
 
+def _clear_tools(sim: Sim, node: str) -> None:
+    """Rebuild the node's healthy state exactly as `up` made it; drop peers' ping-loss to it."""
+    from .state import build_states, load_state, node_lock, save_state
+
+    names = list(sim.nodes)
+    healthy = build_states([(n, sim.nodes[n].addr) for n in names], sim.soc)
+    for name in names:
+        ndir = sim.nodes[name].node_dir
+        with node_lock(ndir):
+            if name == node:
+                save_state(ndir, healthy[node])
+                continue
+            st = load_state(ndir)
+            if node in st.ping_loss:
+                st.ping_loss.remove(node)
+                st.faults = [f for f in st.faults if f != f"ping-loss:{node}"]
+                save_state(ndir, st)
+
+
 def _sync_node(sim: Sim, node: str, restart: bool) -> None:
     """Make the node's server match sim.json: running unless `unreachable`, restarted for a
     new host key."""
@@ -554,13 +584,15 @@ def _sync_node(sim: Sim, node: str, restart: bool) -> None:
 
 def _alive(pid: int | None) -> bool:
     """Running and not a zombie (a killed child of ours stays a zombie until reaped)."""
-    if not pid:
-        return False
+    return bool(pid) and _state(pid) not in ("", "Z", "X")
+
+
+def _state(pid: int) -> str:
+    """The one-letter state of /proc/PID/stat ("" when there is no such process)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
     except OSError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+        return ""
 
 
 def _procs() -> dict[int, tuple[int, str]]:
@@ -637,13 +669,6 @@ def freeze(scan: Callable[[], set[int]]) -> set[int]:
                 _state(p) not in ("T", "t", "Z", "X", "") for p in new):
             time.sleep(0.002)
     return frozen
-
-
-def _state(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
-    except OSError:
-        return ""
 
 
 def down(root: str | Path, grace: float = 3.0) -> tuple[list[int], list[int]]:

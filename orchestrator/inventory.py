@@ -278,8 +278,6 @@ def _model_for(loc: tuple) -> type[BaseModel] | None:
                 if isinstance(inner, type) and issubclass(inner, BaseModel):
                     nxt = inner
         model = nxt
-        if part == "nodes" and model is Node:
-            pass
     return model
 
 

@@ -19,14 +19,6 @@ class Located:
     lines: dict[Path, int] = field(default_factory=dict)
     problems: list[tuple[Path, int, str]] = field(default_factory=list)
 
-    def line_of(self, path: Path) -> int | None:
-        """Line of the deepest known prefix of `path` (a missing key points at its parent)."""
-        for end in range(len(path), -1, -1):
-            line = self.lines.get(tuple(path[:end]))
-            if line is not None:
-                return line
-        return None
-
 
 def load_located(text: str) -> Located:
     """Parse one YAML document; raise yaml.YAMLError (with its own mark) on syntax errors."""

@@ -43,14 +43,42 @@ FAILED = "Command execute failed!"
 # fixtures and helpers
 
 
+IMPLS = ["c", "sh"]  # the compiled fast path (with its sh fallback), the sh scripts alone
+HAVE_CC = shutil.which("cc") is not None
+
+
+def make_cluster(root: Path, nodes: list[tuple[str, str]], soc: str, impl: str, **kw) -> Path:  # type: ignore[no-untyped-def]
+    """write_cluster with the tools of ``impl``: "c" (fastpath.c + sh scripts) or "sh" only."""
+    with pytest.MonkeyPatch.context() as mp:
+        if impl == "sh":
+            mp.setenv("DEPLOY_SIM_NO_FASTPATH", "1")
+        else:
+            mp.delenv("DEPLOY_SIM_NO_FASTPATH", raising=False)
+        write_cluster(root, build_states(nodes, soc, **kw))
+    is_elf = (root / "bin" / "hccn_tool").read_bytes()[:4] == b"\x7fELF"
+    assert is_elf == (impl == "c")
+    return root
+
+
+@pytest.fixture(params=IMPLS)
+def impl(request: pytest.FixtureRequest) -> str:
+    """Every test that runs the tools runs against both implementations."""
+    if request.param == "c" and not HAVE_CC:
+        pytest.skip("no C compiler: the fast path is not installed")
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-def _templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    base = tmp_path_factory.mktemp("simtemplates")
-    out = {}
-    for soc, nodes in (("a2", A2_NODES), ("a3", A3_NODES)):
-        write_cluster(base / soc, build_states(nodes, soc))
-        out[soc] = base / soc
-    return out
+def _templates(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    cache: dict[tuple[str, str], Path] = {}
+
+    def get(impl: str, soc: str) -> Path:
+        if (impl, soc) not in cache:
+            nodes = A2_NODES if soc == "a2" else A3_NODES
+            cache[impl, soc] = make_cluster(tmp_path_factory.mktemp(f"sim-{impl}-{soc}"), nodes, soc, impl)
+        return cache[impl, soc]
+
+    return get
 
 
 def _copy(src: Path, dst: Path) -> Path:
@@ -59,13 +87,13 @@ def _copy(src: Path, dst: Path) -> Path:
 
 
 @pytest.fixture
-def a2(_templates: dict[str, Path], tmp_path: Path) -> Path:
-    return _copy(_templates["a2"], tmp_path / "a2")
+def a2(_templates, impl: str, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    return _copy(_templates(impl, "a2"), tmp_path / "a2")
 
 
 @pytest.fixture
-def a3(_templates: dict[str, Path], tmp_path: Path) -> Path:
-    return _copy(_templates["a3"], tmp_path / "a3")
+def a3(_templates, impl: str, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    return _copy(_templates(impl, "a3"), tmp_path / "a3")
 
 
 def env_for(root: Path, node: str) -> dict[str, str]:
@@ -162,13 +190,20 @@ def test_build_states_rejects_bad_input() -> None:
         build_states([("x", "1"), ("x", "2")], "a2")
 
 
-def test_layout_and_modes(a2: Path) -> None:
+def test_layout_and_modes(a2: Path, impl: str) -> None:
     for tool in ("hccn_tool", "npu-smi"):
         mode = stat.S_IMODE((a2 / "bin" / tool).stat().st_mode)
         assert mode == 0o755
-        assert (a2 / "bin" / tool).read_text().startswith("#!/bin/sh\n")
+        if impl == "c":  # the compiled fast path, with the sh scripts next to it
+            assert (a2 / "bin" / tool).read_bytes()[:4] == b"\x7fELF"
+            script = a2 / "bin" / f"{tool}.sh"
+            assert stat.S_IMODE(script.stat().st_mode) == 0o755
+            assert script.read_text().startswith("#!/bin/sh\n")
+        else:
+            assert (a2 / "bin" / tool).read_text().startswith("#!/bin/sh\n")
+            assert not (a2 / "bin" / f"{tool}.sh").exists()
     ndir = a2 / "nodes" / "a2n0"
-    for rel in ("state.json", "etc/hccn.conf", "render/dev0.sh", "render/busy"):
+    for rel in ("state.json", "etc/hccn.conf", "render/dev0.sh", "render/dev0.fp", "render/busy"):
         assert stat.S_IMODE((ndir / rel).stat().st_mode) & 0o666 == 0o666, rel
     for rel in ("", "etc", "render"):
         assert stat.S_IMODE((ndir / rel).stat().st_mode) == 0o777, rel
@@ -848,12 +883,12 @@ def test_root_fallback_without_sim_root(a2: Path) -> None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
-def test_other_user_can_write(tmp_path: Path) -> None:
+def test_other_user_can_write(tmp_path: Path, impl: str) -> None:
     """The SSH user may differ from the creator: the write paths must still work."""
     root = Path("/tmp") / f"simuser-{os.getpid()}-{time.monotonic_ns()}"
     root.mkdir(mode=0o755)
     try:
-        write_cluster(root, build_states(A2_NODES, "a2"))
+        make_cluster(root, A2_NODES, "a2", impl)
         apply_fault(root, "a2n0", "busy:1")
         env = env_for(root, "a2n0")
         cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/bin/sh", "-c",
@@ -862,6 +897,8 @@ def test_other_user_can_write(tmp_path: Path) -> None:
         assert p.stdout.splitlines() == [BUSY, "Cmd executed successfully!"], p.stderr
         st = load_state(root / "nodes" / "a2n0")
         assert (st.busy, st.device(0).tls_switch) == (0, 1)
+        p = subprocess.run(cmd[:-1] + ["hccn_tool -i 0 -tls -g"], env=env, capture_output=True, text=True, timeout=30)
+        assert p.stdout.startswith("dev_id:0, tls switch[1]"), p.stderr
         apply_fault(root, "a2n0", "link-down", device=1)  # the creator can still save
         assert load_state(root / "nodes" / "a2n0").device(0).tls_switch == 1
     finally:
@@ -880,3 +917,209 @@ def test_invocation_cost(a3: Path) -> None:
     per_call = (time.perf_counter() - t0) / (2 * n)
     assert p.returncode == 0
     assert per_call < 0.01, f"{per_call * 1000:.2f} ms per call"
+
+
+# ---------------------------------------------------------------------------------------
+# the compiled fast path (orchestrator/sim/fastpath.c) against the sh reference
+
+needs_cc = pytest.mark.skipif(not HAVE_CC, reason="no C compiler: the fast path is not installed")
+GETS = ("link", "net_health", "netdetect", "gateway", "ip", "vnic", "lldp", "tls", "optical")
+CMP_NODES = [("n0", "127.0.13.1"), ("n1", "127.0.13.2"), ("n2", "127.0.13.3"), ("n3", "127.0.13.4")]
+CMP_FAULTS = [
+    "link-down@1", "net-health:Unreachable@2", "tls-on@3", "no-ip@4", "hccn-conf-drift@5", "dup-ip:n2@6",
+    "health:Critical@0", "hbm-held@7", "no-netdetect@0", "no-gateway@0", "no-lldp@1", "no-optical@2",
+    "no-cert@3", "ping-loss:n2",
+]
+CMP_FAULTS_A3 = ["vnic-down@5", "health:Warning@3", "link-down@9", "no-ip@12", "vnic-down@13"]
+
+
+def run_both(root: Path, node: str, cmds: list[str], env: dict[str, str] | None = None) -> list[tuple[bytes, ...]]:
+    """Run each command (``{hccn}`` / ``{smi}`` placeholders) with the compiled tools and with
+    the sh scripts; assert stdout, stderr and rc are byte-identical; return the C results."""
+    results = {}
+    for impl, suffix in (("c", ""), ("sh", ".sh")):
+        out = root / f"cmp-{node}-{impl}"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        script = "\n".join(
+            f"{cmd.format(hccn='hccn_tool' + suffix, smi='npu-smi' + suffix)} >{out}/{i}.o 2>{out}/{i}.e; "
+            f"echo $? >{out}/{i}.r"
+            for i, cmd in enumerate(cmds)
+        )
+        (out / "script").write_text(script + "\n")  # too long for one argv string on A3
+        p = subprocess.run(["/bin/sh", str(out / "script")], env=env or env_for(root, node), capture_output=True,
+                           timeout=600)
+        assert (p.returncode, p.stderr) == (0, b"")
+        results[impl] = [tuple((out / f"{i}.{x}").read_bytes() for x in "oer") for i in range(len(cmds))]
+    for cmd, c, sh in zip(cmds, results["c"], results["sh"]):
+        assert c == sh, cmd
+    return results["c"]
+
+
+def _compare_commands(root: Path, soc: str, node: str) -> list[str]:
+    states = {n: state(root, n) for n, _ in CMP_NODES}
+    me = states[node]
+    devs = [d.id for d in me.devices]
+    cmds = [f"{{hccn}} -i {d} -{k} -g" for d in devs for k in GETS]
+    # RoCE ping: every own device, and the same / neighbouring device of every other node
+    for s in devs:
+        targets = {d.ip or d.conf_address for d in me.devices}
+        targets |= {d.ip or d.conf_address for n, st in states.items() if n != node
+                    for d in st.devices if d.id in (s, s ^ 1)}
+        cmds += [f"{{hccn}} -i {s} -ping -g address {t}" for t in sorted(t for t in targets if t)]
+    cmds += [f"{{hccn}} -i {devs[-1]} -ping -g address {states['n3'].device(0).ip} pkt {n}"
+             for n in ("0", "1024", "65507", "65508", "070000", "x", "")]
+    cmds += [f"{{hccn}} -i 0 -ping -g address {t}" for t in ("10.0.9.9", "not-an-ip", "10.0..1", ".", "..",
+                                                               "10.0.0.11.", "''")]
+    cmds += ["{hccn} -i 0 -ping -g", "{hccn} -i 0 -ping -g address", "{hccn} -i 0 -ping -s address 10.0.0.11",
+             "{hccn} -i 0 -ping -g address 10.0.0.11 pkt 1024 extra", "{hccn} -i 0 -ping -g addr 10.0.0.11"]
+    # HCCS ping: super pod scoping (n3 is in another pod and has n0's vNIC addresses)
+    if soc == "a3":
+        for s in devs:
+            targets = {states[n].device(x).vnic_ip for n in states for x in (s, s ^ 1)}
+            cmds += [f"{{hccn}} -i {s} -hccs_ping -g address {t}" for t in sorted(t for t in targets if t)]
+    t = states["n1"].device(3).vnic_ip
+    for opts in ("pkt 1792 cnt 5", "cnt 1", "cnt 1000", "interval 10 timeout 20000",
+                 "timeout 1 interval 0 cnt 7 pkt 3000", "cnt 0", "cnt 1001", "cnt 01", "pkt 1791", "pkt 3001",
+                 "interval 11", "timeout 0", "timeout 20001", "cnt 2.0", "foo 1", "cnt", ""):
+        cmds.append(f"{{hccn}} -i 0 -hccs_ping -g address {t} {opts}")
+    cmds += [f"{{hccn}} -i 0 -hccs_ping -g address {a}" for a in (
+        "192.7.2.199", "10.0.0.12", "192.48.2.199", "192.047.2.199", "192.1.2", "192.1.2.199.5", "192..2.199",
+        "192.1.2.x", "192.1000.2.199")]
+    cmds += ["{hccn} -i 0 -hccs_ping -g", "{hccn} -i 0 -hccs_ping -s address 192.1.2.199",
+             f"{{hccn}} -i 0 -hccs_ping -g cnt 2 address {t}"]
+    # malformed and other commands (the fast path hands them to sh)
+    cmds += ["{hccn}", "{hccn} -i", "{hccn} -i 0", "{hccn} -i 0 -link", "{hccn} -i 007 -link -g",
+             "{hccn} -i 00 -ip -g", f"{{hccn}} -i {len(devs)} -link -g", "{hccn} -i 99 -link -g",
+             "{hccn} -i x -link -g", "{hccn} -i '' -link -g", "{hccn} -i -1 -link -g", "{hccn} -x 0 -link -g",
+             "{hccn} -i 0 -bogus -g", "{hccn} -i 0 -link -g extra", "{hccn} -i 0 -link -s", "{hccn} -i 0 -node -g",
+             "{hccn} -i 0 -hns -g", "{hccn} -i 0 link -g", "{hccn} -i 0 -tls -s enable 2", "{hccn} -i 0 -tls -s"]
+    # npu-smi
+    cmds += ["{smi} info", "{smi} info -l", "{smi} info -m"]
+    for npu in range(9):
+        for t in ("board", "health", "spod-info"):
+            cmds.append(f"{{smi}} info -t {t} -i {npu}")
+            cmds += [f"{{smi}} info -t {t} -i {npu} -c {c}" for c in range(3)]
+    cmds += ["{smi}", "{smi} foo", "{smi} info -x", "{smi} info -l -m", "{smi} info -t", "{smi} info -t board",
+             "{smi} info -t bogus -i 0", "{smi} info -t board -i 01", "{smi} info -t board -i 0 -c ''",
+             "{smi} info -i 1 -t health", "{smi} info -t board -i 0 -t health -c 0", "{smi} info -t board -i x",
+             "{smi} info -t board -i 0 -c x", "{smi} info -t board -i 0 -c"]
+    return cmds
+
+
+@needs_cc
+@pytest.mark.parametrize("soc", ["a2", "a3"])
+def test_fastpath_matches_sh_byte_for_byte(tmp_path: Path, soc: str) -> None:
+    """Every command the fast path answers (and many it hands over), healthy and faulted nodes."""
+    root = make_cluster(tmp_path / soc, CMP_NODES, soc, "c", super_pod_size=24)  # n3: another super pod
+    for spec in CMP_FAULTS + (CMP_FAULTS_A3 if soc == "a3" else []):
+        fault, _, dev = spec.partition("@")
+        apply_fault(root, "n1", fault, device=int(dev) if dev else None)
+    edit(root, "n1", lambda st: st.ping_loss.append("n3"))  # one-sided: only n1's noping/ marker
+    for node in ("n0", "n1"):  # healthy, faulted
+        cmds = _compare_commands(root, soc, node)
+        results = run_both(root, node, cmds)
+        rcs = [int(r) for _o, _e, r in results]
+        assert rcs.count(0) > len(cmds) // 3 and rcs.count(1) > 20, (node, rcs.count(0), rcs.count(1))
+    # n3: the other super pod, and the peer side of the one-sided ping-loss
+    run_both(root, "n3", [c for c in _compare_commands(root, soc, "n3") if "ping -g" in c])
+    # without DEPLOY_SIM_ROOT the tools derive DIR from DEPLOY_SIM_NODE
+    env = env_for(root, "n1")
+    del env["DEPLOY_SIM_ROOT"]
+    run_both(root, "n1", [f"{{hccn}} -i {d} -ping -g address {state(root, 'n0').device(d).ip}" for d in range(8)],
+             env=env)
+
+
+@needs_cc
+def test_fastpath_answers_hot_calls_itself(tmp_path: Path) -> None:
+    """With the sh scripts gone, the hot calls still work; everything else fails to exec them."""
+    root = make_cluster(tmp_path / "a3", A3_NODES, "a3", "c")
+    hot = ["hccn_tool -i 15 -link -g", "hccn_tool -i 3 -lldp -g", "hccn_tool -i 03 -tls -g",
+           f"hccn_tool -i 3 -ping -g address {roce_ip(root, 'a3n1', 3)} pkt 1024",
+           f"hccn_tool -i 3 -hccs_ping -g address {state(root, 'a3n1').device(3).vnic_ip} cnt 2",
+           "npu-smi info", "npu-smi info -l", "npu-smi info -m", "npu-smi info -t board -i 7",
+           "npu-smi info -t health -i 7 -c 1", "npu-smi info -t spod-info -i 0 -c 0"]
+    expected = [run(root, "a3n0", cmd) for cmd in hot]
+    for tool in ("hccn_tool", "npu-smi"):
+        (root / "bin" / f"{tool}.sh").rename(root / f"{tool}.sh")
+    for cmd, want in zip(hot, expected):
+        p = run(root, "a3n0", cmd)
+        assert (p.returncode, p.stdout, p.stderr) == (want.returncode, want.stdout, want.stderr), cmd
+    for cmd in ("hccn_tool -i 0 -tls -s enable 1", "hccn_tool -i 16 -link -g", "npu-smi info -t board -i 8"):
+        p = run(root, "a3n0", cmd)
+        assert p.returncode == 127 and "cannot run the sh implementation" in p.stderr, cmd
+    shutil.copy(root / "bin" / "hccn_tool", root / "bin" / "other")
+    p = run(root, "a3n0", "other -i 0 -link -g")
+    assert p.returncode == 127 and "hccn_tool or npu-smi" in p.stderr
+
+
+@needs_cc
+def test_fastpath_stateful_calls_go_through_sh(tmp_path: Path) -> None:
+    root = make_cluster(tmp_path / "a3", A3_NODES, "a3", "c")
+    apply_fault(root, "a3n0", "busy:2")
+    for tool in ("hccn_tool", "hccn_tool.sh"):  # the compiled tool answers busy through sh
+        p = run(root, "a3n0", f"{tool} -i 0 -link -g")
+        assert (p.returncode, p.stdout, p.stderr) == (11, BUSY + "\n", "")
+    assert state(root, "a3n0").busy == 0
+    assert (root / "nodes" / "a3n0" / "render" / "busy").read_text() == ""
+    assert ok(root, "a3n0", "hccn_tool -i 0 -link -g") == ["link status: UP"]
+    # -tls -s runs in sh and patches the fast path's file too
+    assert ok(root, "a3n0", "hccn_tool -i 4 -tls -s enable 1") == ["Cmd executed successfully!"]
+    assert "tls switch[1]" in (root / "nodes" / "a3n0" / "render" / "dev4.fp").read_text()
+    run_both(root, "a3n0", ["{hccn} -i 4 -tls -g", "{hccn} -i 5 -tls -g", "{hccn} -i 4 -link -g"])
+    assert ok(root, "a3n0", "hccn_tool -i 4 -tls -g")[0].startswith("dev_id:4, tls switch[1]")
+    assert ok(root, "a3n0", "hccn_tool.sh -i 4 -tls -s enable 0") == ["Cmd executed successfully!"]
+    assert ok(root, "a3n0", "hccn_tool -i 4 -tls -g")[0].startswith("dev_id:4, tls switch[0]")
+    # a later save re-renders both from state.json
+    apply_fault(root, "a3n0", "tls-on", device=4)
+    run_both(root, "a3n0", ["{hccn} -i 4 -tls -g"])
+
+
+@needs_cc
+def test_fastpath_falls_back_on_missing_or_bad_files(tmp_path: Path) -> None:
+    root = make_cluster(tmp_path / "a2", A2_NODES, "a2", "c")
+    render = root / "nodes" / "a2n0" / "render"
+    cmds = ["{hccn} -i 3 -ip -g", "{hccn} -i 2 -ip -g", "{hccn} -i 1 -link -g", "{smi} info -t board -i 0"]
+    want = run_both(root, "a2n0", cmds)
+    (render / "dev3.fp").unlink()
+    (render / "dev2.fp").write_text("fastpath 0\n")  # another format version
+    (render / "dev1.fp").write_text((render / "dev1.fp").read_text()[:-40])  # truncated
+    (render / "smi" / "all.fp").write_text("fastpath 1\ninfo 0 99999999999999999999 5\nx\n\n")
+    assert run_both(root, "a2n0", cmds) == want
+    (render / "busy").unlink()  # sh treats a missing counter as not busy
+    assert run_both(root, "a2n0", cmds) == want
+
+
+@needs_cc
+def test_install_tools_compile_cache_and_fallbacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import orchestrator.sim.state as sim_state
+
+    monkeypatch.delenv("DEPLOY_SIM_NO_FASTPATH", raising=False)
+    scripts = {t: (sim_state.BIN_SRC / t).read_bytes() for t in ("hccn_tool", "npu-smi")}
+    bindir = sim_state.install_tools(tmp_path / "one")
+    [built] = bindir.glob(".fastpath-*")
+    assert (bindir / "hccn_tool").read_bytes() == (bindir / "npu-smi").read_bytes() == built.read_bytes()
+    assert {t: (bindir / f"{t}.sh").read_bytes() for t in scripts} == scripts
+    # cached by source hash: no compiler run for this DIR again, nor for another DIR
+    monkeypatch.setattr(sim_state.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+    mtime = built.stat().st_mtime_ns
+    sim_state.install_tools(tmp_path / "one")
+    assert built.stat().st_mtime_ns == mtime
+    assert (sim_state.install_tools(tmp_path / "two") / "hccn_tool").read_bytes()[:4] == b"\x7fELF"
+    monkeypatch.undo()
+
+    def assert_sh_only(bindir: Path) -> None:
+        assert {t: (bindir / t).read_bytes() for t in scripts} == scripts
+        assert not list(bindir.glob("*.sh"))
+
+    monkeypatch.setenv("DEPLOY_SIM_NO_FASTPATH", "1")  # forced: also replaces an earlier fast install
+    assert_sh_only(sim_state.install_tools(tmp_path / "one"))
+    monkeypatch.setenv("DEPLOY_SIM_NO_FASTPATH", "0")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no cc
+    assert_sh_only(sim_state.install_tools(tmp_path / "three"))
+    monkeypatch.undo()
+    bad = tmp_path / "bad.c"
+    bad.write_text("int main(void) { return }\n")
+    monkeypatch.setattr(sim_state, "FASTPATH_SRC", bad)  # the compile fails
+    assert_sh_only(sim_state.install_tools(tmp_path / "four"))
+    assert not list((tmp_path / "four" / "bin").glob(".fastpath-*"))

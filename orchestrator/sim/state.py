@@ -2,16 +2,19 @@
 
 The truth for simulated node X is ``DIR/nodes/X/state.json`` (a :class:`NodeState`).
 :func:`save_state` writes it atomically and renders everything the fake tools in
-``DIR/bin`` read, so the tools (POSIX sh, run under dash) never parse JSON:
+``DIR/bin`` read, so the tools (POSIX sh under dash, and the compiled fast path
+``fastpath.c`` when a C compiler is available, see :func:`install_tools`) never parse JSON:
 
     DIR/nodes/X/state.json           the node's truth (one device per line, see _dump_json)
     DIR/nodes/X/etc/hccn.conf        the node's /etc/hccn.conf (may drift from live state)
     DIR/nodes/X/render/dev<N>.sh     hccn_tool: shell variables with pre-rendered outputs
+    DIR/nodes/X/render/dev<N>.fp     the same for the compiled fast path (records, see _fp_text)
     DIR/nodes/X/render/up<N>         exists iff device N's RoCE link is UP (read by peers' pings)
     DIR/nodes/X/render/vup<N>        exists iff device N's vNIC link is UP (A3, hccs_ping)
     DIR/nodes/X/render/noping/<peer> ping-loss fault with node <peer>
     DIR/nodes/X/render/busy          busy counter ("" = 0); hccn_tool decrements it
     DIR/nodes/X/render/smi/<key>.sh  npu-smi: pre-rendered outputs per query
+    DIR/nodes/X/render/smi/all.fp    all of them, for the compiled fast path
     DIR/nodes/X/render/index         the index entries this node owns (below)
     DIR/addr/<roce ip>/<node>@<dev>          who answers RoCE pings to that IP
     DIR/vnic/<pod>/<vnic ip>/<node>@<dev>    who answers hccs_ping to that vNIC IP
@@ -19,7 +22,8 @@ The truth for simulated node X is ``DIR/nodes/X/state.json`` (a :class:`NodeStat
 The tools write back in two rare cases, always under the node lock (``DIR/nodes/X/.lock``,
 a directory; see :func:`node_lock`): ``hccn_tool -tls -s enable V`` and the busy
 counter.  They edit ``state.json`` in place with ``sed``, which is why the JSON is
-written with one top-level key and one device per line.
+written with one top-level key and one device per line.  Both are done by the sh script
+(the fast path hands them over), which also patches ``dev<N>.fp`` for ``-tls -s``.
 
 All output formats follow ``ascend-tools.md`` (Huawei HDK 25.2.0 era); see
 ``docs/simulator-tools.md``.

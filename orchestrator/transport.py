@@ -238,14 +238,15 @@ class _NodeLog:
     """`<log_dir>/<node>.log`: each command, its output lines as they arrive, its end."""
 
     def __init__(self, path: Path | None):
-        self._f = open(path, "a", encoding="utf-8", buffering=1) if path else None
+        self._f = open(path, "a", encoding="utf-8") if path else None
         self._n = 0
         self._partial: dict[tuple[int, str], str] = {}
 
     def _write(self, cid: int, tag: str, text: str) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        for line in text.split("\n"):
-            self._f.write(f"{stamp} #{cid} {tag} {line}\n")
+        prefix = f"{stamp} #{cid} {tag} "
+        self._f.write("".join(f"{prefix}{line}\n" for line in text.split("\n")))
+        self._f.flush()  # one write per chunk: the log is readable while the command runs
 
     def begin(self, command: str, stdin: str | None) -> int:
         self._n += 1

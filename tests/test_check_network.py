@@ -267,3 +267,15 @@ def test_node_selection_and_usage_errors(a2):
     rep = report(p)
     assert rep["nodes"] == ["d0", "d1"] and {p["src"] for p in rep["pings"]} == {"d0", "d1"}
     assert a2.check("--nodes", "nope").returncode == 2
+
+
+def test_versions_outlier_named_majority_once(a2c):
+    a2c.fault("d0", "driver:24.1.0")
+    a2c.fault("p0", "cann:8.0.RC3")
+    p = a2c.check("--no-ping")
+    assert p.returncode == 1
+    assert "driver 25.2.0 on 2 nodes; differs on d0 (24.1.0)" in p.stdout
+    assert "cann 8.3.RC1 on 2 nodes; differs on p0 (8.0.RC3)" in p.stdout
+    assert "firmware 7.7.0.6.236 on all 3 nodes" in p.stdout
+    rep = report(a2c.check("--json", "--no-ping"))
+    assert sorted((c["node"], c["check"]) for c in failing(rep)) == [("d0", "driver"), ("p0", "cann")]

@@ -5,7 +5,7 @@ here prints; rendering lives in `report.py`.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 Status = Literal["ok", "warn", "fail"]
@@ -22,7 +22,7 @@ class Check:
     device: int | None = None
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return dict(self.__dict__)  # flat fields: cheaper than asdict for 10^4 checks
 
 
 @dataclass
@@ -38,7 +38,7 @@ class Ping:
     busy_retries: int = 0
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return dict(self.__dict__)  # flat fields: cheaper than asdict for 10^4 checks
 
 
 @dataclass

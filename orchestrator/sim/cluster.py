@@ -140,6 +140,7 @@ def node_env(root: Path, node: str) -> dict[str, str]:
         "DEPLOY_SIM_NODE": ndir,
         "DEPLOY_SIM_ROOT": str(root),
         "HCCN_CONF": f"{ndir}/etc/hccn.conf",
+        "ASCEND_TOOLKIT_HOME": f"{ndir}/render/toolkit",
     }
 
 

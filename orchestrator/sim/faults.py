@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from pathlib import Path
 
 from .state import (
@@ -38,6 +39,9 @@ _SPECS: dict[str, tuple[str, str]] = {
     "dup-ip": ("required", "dup-ip:<peer>: device gets the RoCE IP of <peer>'s same-index device"),
     "busy": ("optional", "busy[:n]: the next n (default 3) hccn_tool calls on the node answer busy (rc 11)"),
     "health": ("required", "health:<Warning|Alarm|Critical|UNKNOWN|OK>: npu-smi Health of the device"),
+    "driver": ("required", "driver:<version>: the node's driver (npu-smi Version / Software Version) differs"),
+    "firmware": ("required", "firmware:<version>: the node's NPU firmware (npu-smi board info) differs"),
+    "cann": ("required", "cann:<version>: the node's host CANN toolkit version differs"),
     "hbm-held": ("none", "a VLLM::EngineCore process holds 60000 MB HBM on the device (npu-smi info)"),
     # extras, for the other knobs of the reference (§8)
     "no-netdetect": ("none", "netdetect unset: -netdetect -g rc 1, net health Detect ip set"),
@@ -51,7 +55,9 @@ _SPECS: dict[str, tuple[str, str]] = {
 #: Tool-level fault names and a one-line description of each.
 TOOL_FAULTS: dict[str, str] = {name: help_ for name, (_arg, help_) in _SPECS.items()}
 
-_NODE_LEVEL = {"ping-loss", "busy"}
+_NODE_LEVEL = {"ping-loss", "busy", "driver", "firmware", "cann"}
+_VERSION_FIELDS = {"driver": ("driver_version", "npu_smi_version"), "firmware": ("firmware_version",),
+                   "cann": ("cann_version",)}
 HBM_HELD_MB = 60000
 
 
@@ -173,6 +179,11 @@ def apply_fault(
         st = load_state(ndir)
         if name == "busy":
             st.busy = int(arg) if arg else 3
+        elif name in _VERSION_FIELDS:
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", str(arg)):
+                raise ValueError(f"{name} version must be letters, digits, '.', '_' or '-' (got {arg!r})")
+            for attr in _VERSION_FIELDS[name]:
+                setattr(st, attr, str(arg))
         else:
             targets = _targets(st, device)
             if name == "vnic-down" and st.soc != "a3":

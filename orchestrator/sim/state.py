@@ -151,6 +151,7 @@ class NodeState(BaseModel):
     driver_version: str = "25.2.0"
     firmware_version: str = "7.7.0.6.236"
     npu_smi_version: str = "25.2.0"
+    cann_version: str = "8.3.RC1"  # host toolkit: $ASCEND_TOOLKIT_HOME/<arch>/ascend_toolkit_install.info
     product_name: str = "IT21HMDB02-B2"
     serial_prefix: str = "1023767"
     super_pod_id: int | None = None  # A3
@@ -760,6 +761,8 @@ def render_node(state: NodeState) -> dict[str, str]:
     for peer in state.ping_loss:
         files[f"noping/{peer}"] = ""
     files.update(_render_smi(state))
+    files["toolkit/aarch64-linux/ascend_toolkit_install.info"] = (
+        f"package_name=Ascend-cann-toolkit\nversion={state.cann_version}\narch=aarch64\nos=linux\n")
     return files
 
 

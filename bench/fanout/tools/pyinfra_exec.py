@@ -13,8 +13,9 @@ import re
 
 import common
 
-LINE = re.compile(r"^\[([^\]]+)\] (.*)$")
-STATUS = re.compile(r"^\s+\[([^\]]+)\] (Success|Error|No changes)")
+# `[host]` is padded to the longest host name; status lines are indented
+LINE = re.compile(r"^\[([^\]]+)\]\s+(.*)$")
+STATUS = re.compile(r"^\s+\[([^\]]+)\]\s+(Success|Error|No changes)\s*$")
 
 
 def write_inventory(cfg: dict, path: str) -> None:

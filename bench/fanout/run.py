@@ -10,9 +10,10 @@ Run it with the main environment's python (the one `deploy` is installed in). It
    /tmp/fanout-bench-* dir, runs every tool once untimed (warm-up: page cache, .pyc), then
    `reps` rounds in which every tool runs once (the order rotates each round), each run a whole
    process under measure.py (wall, CPU of the process tree); before/after each run it counts the
-   "Accepted publickey" lines in every node's sshd.log and checks the tool's output
-   (tools/common.py: every host answered `hello` and our kernel release); stops the sim
-   (`deploy sim down`, in a finally);
+   "Accepted publickey" lines in every node's sshd.log, measures the sim's sshd CPU, and checks
+   the tool's output (tools/common.py: every host answered `hello` and our kernel release); a
+   run starts only once the machine is idle and is repeated if other work shared the CPUs
+   meanwhile (wait_quiet, FOREIGN_*); stops the sim (`deploy sim down`, in a finally);
 3. writes bench/fanout/results.json (every run, plus medians) and prints a markdown table.
 """
 from __future__ import annotations
@@ -267,11 +268,12 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 def become_subreaper() -> None:
-    """sshd's post-auth session processes (`sshd: user@notty` and the commands under it) are
-    not reaped by their monitor process: they end up orphans, re-parented to PID 1 (which on
-    this machine may not reap them at all), and their CPU time is lost to every parent's
-    cutime. As a child subreaper, this process inherits them instead (and the sim's listeners,
-    which daemonize), reaps them, and counts their CPU as the sim's server CPU."""
+    """When a client disconnects (SSH_MSG_DISCONNECT) instead of letting the session end, the
+    sshd monitor exits without waiting for its post-auth child (`sshd: user@notty`, which has
+    reaped the session's commands): the child ends up an orphan, re-parented to PID 1, and its
+    CPU never reaches the listener's cutime. As a child subreaper, this process inherits such
+    orphans instead (and the sim's listeners, which daemonize), reaps them with wait4 and
+    counts their CPU as the sim's server CPU."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
@@ -289,7 +291,7 @@ def _stat(pid: int) -> list[bytes] | None:
 def reap_orphans(keep: set[int], timeout: float = 10.0) -> float:
     """Reap our children that are not `keep` (the listeners): the sessions sshd orphaned.
     Waits (up to timeout) for live ones to end. Returns their CPU (self + reaped children)."""
-    me, total = os.getpid(), 0
+    me, total = os.getpid(), 0.0
     deadline = time.monotonic() + timeout
     while True:
         live = 0
@@ -302,33 +304,32 @@ def reap_orphans(keep: set[int], timeout: float = 10.0) -> float:
             if f[0] != b"Z":
                 live += 1
                 continue
-            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])  # utime stime cutime cstime
-            try:
-                os.waitpid(int(entry), 0)
+            try:  # a zombie's /proc stat says 0; wait4's rusage has its CPU (+ its children's)
+                _, _, ru = os.wait4(int(entry), 0)
+                total += ru.ru_utime + ru.ru_stime
             except ChildProcessError:
                 pass
         if not live or time.monotonic() > deadline:
-            return total / os.sysconf("SC_CLK_TCK")
+            return total
         time.sleep(0.02)
 
 
 def server_cpu(listeners: list[int]) -> float:
-    """CPU of the connections the sim's sshd listeners have served and reaped (cutime+cstime of
-    every listener; a connection's whole process tree lands there once it is over)."""
+    """CPU of the sim's sshd listeners themselves (accept + fork of every connection is
+    charged to them) and of the connections they have served and reaped (cutime+cstime)."""
     total = 0
     for pid in listeners:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        fields = stat[stat.rindex(b")") + 2:].split()
-        total += int(fields[13]) + int(fields[14])  # cutime, cstime (fields 16, 17 of stat)
+        f = _stat(pid)
+        if f is not None:
+            total += int(f[11]) + int(f[12]) + int(f[13]) + int(f[14])  # utime stime cutime cstime
     return total / os.sysconf("SC_CLK_TCK")
 
 
 QUIET_CORES = 0.15     # the machine counts as quiet below this many busy cores ...
 QUIET_FOR = 1.0        # ... for this long (s) before a run starts
 QUIET_MAX_WAIT = 600   # s; after that the run starts anyway (and says so)
-FOREIGN_MAX = 0.10     # cores (after FOREIGN_ALLOW): a run during which other work used more is repeated
-FOREIGN_ALLOW = 0.08   # s of unattributed CPU always allowed (kernel threads: loopback softirq, kworkers)
+FOREIGN_MAX = 0.12     # cores (after FOREIGN_ALLOW): a run during which other work used more is repeated
+FOREIGN_ALLOW = 0.10   # s of unattributed CPU always allowed (kernel threads: loopback softirq, kworkers)
 RETRIES = 4            # repeats of a contaminated run before it is kept as it is
 
 
@@ -481,6 +482,23 @@ def summarize(runs: list[dict], sizes: list[int], keys: list[str]) -> list[dict]
     return rows
 
 
+def fits(rows: list[dict], keys: list[str]) -> list[dict]:
+    """Client CPU = fixed + per_host x hosts, least squares over the host counts' medians:
+    separates start-up (imports, inventory) from the per-connection cost."""
+    out = []
+    for k in keys:
+        pts = [(r["hosts"], r["cpu_per_host_ms"] * r["hosts"]) for r in rows
+               if r["tool"] == k and r["cpu_per_host_ms"] is not None]
+        if len(pts) < 2:
+            continue
+        mx = sum(x for x, _ in pts) / len(pts)
+        my = sum(y for _, y in pts) / len(pts)
+        b = (sum((x - mx) * (y - my) for x, y in pts) / sum((x - mx) ** 2 for x, _ in pts))
+        out.append({"tool": k, "fixed_ms": my - b * mx, "per_host_ms": b,
+                    "points": [{"hosts": x, "cpu_ms": y} for x, y in pts]})
+    return out
+
+
 def fmt(x, spec: str) -> str:
     return "—" if x is None else format(x, spec)
 
@@ -622,11 +640,16 @@ def main() -> int:
         rows = summarize(doc["runs"], [n for n in sizes if n in doc["sims"]], [t.key for t in tools])
         doc["summary"] = rows
         doc["targets"] = targets(rows)
+        doc["cpu_fit"] = fits(rows, [t.key for t in tools])
         Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
         labels = {t.key: t.label for t in tools}
         print(table(rows, labels))
         print()
         print("\n".join(doc["targets"]))
+        print()
+        print("| tool | client CPU fixed ms | client CPU per host ms |\n| --- | ---: | ---: |")
+        for f in doc["cpu_fit"]:
+            print(f"| {labels[f['tool']]} | {f['fixed_ms']:.0f} | {f['per_host_ms']:.2f} |")
         log(f"results: {a.out}")
     return 1 if failed_any else 0
 

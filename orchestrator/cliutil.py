@@ -15,6 +15,16 @@ def fail_inventory(err: InventoryError) -> "NoReturn":  # noqa: F821
     sys.exit(EXIT_USAGE)
 
 
+def load_inventory_or_exit(path: str):
+    """Load and schema-validate only (commands that need no plan, e.g. exec); exit 2 on error."""
+    from .inventory import load_inventory
+
+    try:
+        return load_inventory(path)
+    except InventoryError as err:
+        fail_inventory(err)
+
+
 def load_plan_or_exit(path: str):
     """Load, validate and plan an inventory; print warnings to stderr; exit 2 on any error."""
     from .plan import load_and_plan

@@ -322,6 +322,8 @@ class Cluster:
         self._jumps: dict[str, asyncio.Task] = {}
         self._logs: dict[str, _NodeLog] = {}
         self._identities: dict[str, list] = {}
+        self._configs: dict[str, SSHClientConfig] = {}
+        self._local_user: str | None = None
         raise_nofile(2 * len(self.nodes) + 64)
 
     async def __aenter__(self) -> "Cluster":
@@ -370,8 +372,15 @@ class Cluster:
         return await asyncio.shield(self._conns[name])
 
     def _config(self, host: str) -> SSHClientConfig:
-        return SSHClientConfig.load(None, self._config_paths, False, False, False,
-                                    getpass.getuser(), (), host, ())
+        """~/.ssh/config for `host`, parsed once per host per run (cheap with no config file)."""
+        cfg = self._configs.get(host)
+        if cfg is None:
+            if self._local_user is None:
+                self._local_user = getpass.getuser()
+            cfg = SSHClientConfig.load(None, self._config_paths, False, False, False,
+                                       self._local_user, (), host, ())
+            self._configs[host] = cfg
+        return cfg
 
     async def _open(self, name: str) -> asyncssh.SSHClientConnection | Outcome:
         node, ssh = self.inv.nodes[name], self.inv.ssh

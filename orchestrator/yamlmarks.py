@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 import yaml
 
 Path = tuple[str | int, ...]
+# libyaml's parser when available: same nodes and marks, several times faster on big inventories.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass
@@ -22,7 +24,7 @@ class Located:
 
 def load_located(text: str) -> Located:
     """Parse one YAML document; raise yaml.YAMLError (with its own mark) on syntax errors."""
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         root = loader.get_single_node()
         out = Located(None)
@@ -33,7 +35,7 @@ def load_located(text: str) -> Located:
         loader.dispose()
 
 
-def _walk(loader: yaml.SafeLoader, node: yaml.Node, path: Path, out: Located) -> object:
+def _walk(loader, node: yaml.Node, path: Path, out: Located) -> object:
     out.lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)

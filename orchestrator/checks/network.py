@@ -3,6 +3,7 @@ planned pairs, optionally align TLS. `deploy up` calls `check_network` as its fi
 """
 from __future__ import annotations
 
+import asyncio
 import shlex
 from collections import defaultdict
 from collections.abc import Callable
@@ -119,7 +120,6 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
             out.append(Ping(p.src, p.src_device, p.dst, p.dst_device, kind, addr, res.ok, res.detail, busy))
         return out
 
-    import asyncio
     for chunk in await asyncio.gather(*(one(n) for n in jobs)):
         results.extend(chunk)
     return results
@@ -152,8 +152,6 @@ def ping_checks(pings: list[Ping]) -> list[Check]:
 
 
 async def collect(cluster: Cluster, plan: Plan, nodes: list[str]) -> tuple[dict[str, NodeFacts], dict[str, str]]:
-    import asyncio
-
     soc = plan.inventory.soc
 
     async def one(node: str) -> tuple[str, NodeFacts | None, str]:
@@ -185,7 +183,6 @@ def judge(plan: Plan, facts: dict[str, NodeFacts], busy_is_error: bool) -> tuple
 async def fix_tls(cluster: Cluster, facts: dict[str, NodeFacts], devices: dict[str, list[int]],
                   target: int) -> list[str]:
     """Set every used device whose TLS switch differs to `target`; returns what changed."""
-    import asyncio
 
     async def one(node: str) -> list[str]:
         wrong = [d for d in devices[node] if d in facts[node].devices and facts[node].devices[d].tls not in (None, target)]

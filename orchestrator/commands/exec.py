@@ -12,7 +12,7 @@ from collections import defaultdict
 
 import click
 
-from ..cliutil import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, load_plan_or_exit
+from ..cliutil import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, load_inventory_or_exit
 from ..nodeset import SelectorError, fold, select_nodes
 from ..runlog import run_dir
 from ..transport import Cluster, Outcome
@@ -36,7 +36,7 @@ def command(inventory: str, command: tuple[str, ...], selector: str | None, as_j
     COMMAND is an argv, never re-parsed by a shell on the node; for pipes use `sh -c '...'`.
     Exit 0 all ok, 1 some failed, 4 some unreachable, 2 usage or inventory error.
     """
-    inv = load_plan_or_exit(inventory).inventory
+    inv = load_inventory_or_exit(inventory)
     try:
         names = select_nodes(inv, selector)
     except SelectorError as e:

@@ -80,18 +80,15 @@ def device_checks(node: str, soc: str, dev: DeviceFacts, conf: dict[str, str] | 
         else:
             add("ip", "fail", _observed(dev, "ip"), "the device has no IP (HCCL and Mooncake need one)",
                 f"hccn_tool -i {d} -ip -s address <ip> netmask <mask> (and address_{d}/netmask_{d} in /etc/hccn.conf)")
-    if "netdetect" not in done:
-        if dev.netdetect:
-            add("netdetect", "ok", _observed(dev, "netdetect"))
+    for check, value, missing, fix in (
+            ("netdetect", dev.netdetect, "no net-detect address is set", f"hccn_tool -i {d} -netdetect -s address <gateway>"),
+            ("gateway", dev.gateway, "no default gateway is set", f"hccn_tool -i {d} -gateway -s gateway <gateway>")):
+        if check in done:
+            continue
+        if value:
+            add(check, "ok", _observed(dev, check))
         else:
-            add("netdetect", "warn", _observed(dev, "netdetect"), "no net-detect address is set",
-                f"hccn_tool -i {d} -netdetect -s address <gateway>")
-    if "gateway" not in done:
-        if dev.gateway:
-            add("gateway", "ok", _observed(dev, "gateway"))
-        else:
-            add("gateway", "warn", _observed(dev, "gateway"), "no default gateway is set",
-                f"hccn_tool -i {d} -gateway -s gateway <gateway>")
+            add(check, "warn", _observed(dev, check), missing, fix)
     if "lldp" not in done:
         if dev.lldp:
             add("lldp", "ok", f"Ifname: {dev.lldp}")

@@ -123,8 +123,9 @@ def test_healthy_a2_is_green(a2):
     assert any(c["check"] == "tls" and c["device"] == 7 for c in rep["checks"])
 
 
-def test_healthy_a3_is_green():
-    sim = Sim(A3_INV, MODES[0])
+@pytest.mark.parametrize("mode", MODES)
+def test_healthy_a3_is_green(mode):
+    sim = Sim(A3_INV, mode)
     try:
         p = sim.check("--json")
         assert p.returncode == 0, p.stdout + p.stderr

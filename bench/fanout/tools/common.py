@@ -11,6 +11,7 @@ kernel release. The simulated nodes are this machine, so the expected release is
 from __future__ import annotations
 
 import json
+import sys
 import os
 import shlex
 
@@ -58,3 +59,16 @@ def emit(per_host: dict[str, tuple[int | None, str]]) -> None:
 def parse_emitted(stdout: str) -> dict[str, tuple[int | None, str]]:
     line = stdout.strip().splitlines()[-1] if stdout.strip() else "{}"
     return {h: (rc, out) for h, (rc, out) in json.loads(line).items()}
+
+
+def check_emitted(stdout: str, stderr: str, cfg: dict) -> dict:
+    """run.py's check for tools that print their results with `emit`."""
+    return check_outputs(parse_emitted(stdout), cfg["hosts"])
+
+
+def run_tool(main) -> None:
+    """A tool script's entry: hosts file in argv[1], results emitted, exit 0 only if all ok."""
+    cfg = load_hosts(sys.argv[1])
+    results = main(cfg)
+    emit(results)
+    sys.exit(0 if check_outputs(results, cfg["hosts"])["ok"] else 1)

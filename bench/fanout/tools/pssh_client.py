@@ -27,12 +27,8 @@ def main(cfg: dict) -> dict:
     return per_host
 
 
-def check(stdout: str, stderr: str, cfg: dict) -> dict:
-    return common.check_outputs(common.parse_emitted(stdout), cfg["hosts"])
+check = common.check_emitted
 
 
 if __name__ == "__main__":
-    cfg = common.load_hosts(sys.argv[1])
-    results = main(cfg)
-    common.emit(results)
-    sys.exit(0 if common.check_outputs(results, cfg["hosts"])["ok"] else 1)
+    common.run_tool(main)

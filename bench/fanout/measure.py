@@ -28,8 +28,9 @@ import time
 PR_SET_CHILD_SUBREAPER = 36
 
 
-def children(me: int) -> list[int]:
-    found = []
+def parents() -> dict[int, int]:
+    """pid -> parent pid of every process (zombies too), read from /proc/*/stat."""
+    out = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -38,10 +39,12 @@ def children(me: int) -> list[int]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if int(fields[1]) == me:
-            found.append(int(entry))
-    return found
+        out[int(entry)] = int(stat[stat.rindex(b")") + 2:].split()[1])
+    return out
+
+
+def children(me: int) -> list[int]:
+    return [pid for pid, parent in parents().items() if parent == me]
 
 
 def cmdline(pid: int) -> str:

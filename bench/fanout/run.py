@@ -48,6 +48,9 @@ import ansible_adhoc  # noqa: E402
 import asyncssh_raw  # noqa: E402  (imports asyncssh at module level: present in the main env)
 import common  # noqa: E402
 import deploy_exec  # noqa: E402
+
+sys.path.insert(0, str(HERE))
+import measure  # noqa: E402  (its /proc helpers; it also runs as a script)
 import fabric_group  # noqa: E402
 import pssh_client  # noqa: E402
 import pyinfra_exec  # noqa: E402
@@ -228,21 +231,9 @@ class AcceptCounter:
         return list(self.counts)
 
 
-def children_of(parents: set[int]) -> int:
+def children_of(listeners: set[int]) -> int:
     """Processes (zombies too) whose parent is a sim listener: connections being served."""
-    n = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(b")") + 2:].split()
-        if int(fields[1]) in parents:
-            n += 1
-    return n
+    return sum(1 for parent in measure.parents().values() if parent in listeners)
 
 
 def settle(ctx: Ctx, timeout: float = 30.0, pause: float = 0.3) -> None:

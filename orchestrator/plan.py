@@ -525,6 +525,7 @@ class _Planner:
             uses.setdefault(inv.nodes[node].host, []).append((lo, hi, what, path))
 
         gidx = {g.name: i for i, g in enumerate(inv.groups)}
+        kv_last: dict[str, int] = {}  # group -> last kv port any of its ranks listens on
         for r in ranks:
             gi = gidx[r.group]
             if r.port is not None:
@@ -532,6 +533,7 @@ class _Planner:
                     ("groups", gi, "port"))
             if r.kv_ports is not None:
                 lo, hi = r.kv_ports
+                kv_last[r.group] = max(hi, kv_last.get(r.group, hi))
                 use(r.node, lo, hi, f"kv ports {lo}-{hi} of group '{r.group}' on {r.node}", ("groups", gi, "kv_port"))
         for gi, g in enumerate(inv.groups):
             what = "master port" if g.launch_mode == "nnodes" else "DP RPC port"
@@ -539,8 +541,7 @@ class _Planner:
                 ("groups", gi, "dp_rpc_port"))
             if g.kv_port is not None and inv.kv_transfer is not None and inv.kv_transfer.connector in MOONCAKE:
                 te_hi = MOONCAKE_TE_BASE + inv.devices_per_node * 1000 - 1
-                span = [r.kv_ports for r in ranks if r.group == g.name and r.kv_ports]
-                hi = max((s[1] for s in span), default=g.kv_port)
+                hi = kv_last.get(g.name, g.kv_port)
                 if g.kv_port <= te_hi and hi >= MOONCAKE_TE_BASE:
                     self.warn(("groups", gi, "kv_port"),
                               f"kv_port {g.kv_port} is inside Mooncake's random transfer-engine range "

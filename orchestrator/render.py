@@ -78,14 +78,13 @@ def rank_scripts(plan: Plan, node: str) -> str:
     return "\n".join(out)
 
 
-def _dp_ranks(ranks: list[Rank], dp_local: int) -> str:
+def _dp_ranks(ranks: list[Rank], span: int) -> str:
+    """The DP ranks a node hosts: `span` of them from its first (one process each in external
+    launch, one process for all in internal); nnodes shows the node rank instead."""
     r = ranks[0]
     if r.node_rank is not None:
         return f"node-rank {r.node_rank}"
-    if len(ranks) == 1 and r.headless or (len(ranks) == 1 and "--data-parallel-size-local" in r.argv):
-        n = int(r.argv[r.argv.index("--data-parallel-size-local") + 1])
-        return f"{r.dp_rank}" if n == 1 else f"{r.dp_rank}-{r.dp_rank + n - 1}"
-    lo, hi = ranks[0].dp_rank, ranks[-1].dp_rank
+    lo, hi = r.dp_rank, r.dp_rank + span - 1
     return f"{lo}" if lo == hi else f"{lo}-{hi}"
 
 
@@ -103,7 +102,7 @@ def plan_table(plan: Plan, console: Console | None = None) -> None:
             devices = sorted(d for r in ranks for d in r.devices)
             ports = [r.port for r in ranks if r.port is not None]
             port = "-" if not ports else (str(ports[0]) if len(ports) == 1 else f"{ports[0]}-{ports[-1]}")
-            table.add_row(node, g.name, g.role, _dp_ranks(ranks, len(ranks)), devices_text(devices), port,
+            table.add_row(node, g.name, g.role, _dp_ranks(ranks, g.dp_local or g.dp // len(g.nodes)), devices_text(devices), port,
                           "yes" if ranks[0].headless else "")
     console.print(table)
     if plan.proxy:

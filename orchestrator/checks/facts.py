@@ -1,7 +1,6 @@
 """One node's NPU network facts, parsed from the sectioned output of `network_collect.sh`."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from . import parsers as P
@@ -107,8 +106,13 @@ def node_facts(node: str, stdout: str, devices: list[int]) -> NodeFacts:
     f.cann = P.version_info(cann.text) if cann.rc == 0 else None
     conf = get("hccn-conf")
     f.conf = P.hccn_conf(conf.text) if conf.rc == 0 else None
+    per_device: dict[int, dict[str, Section]] = {d: {} for d in devices}
+    for key, sec in secs.items():  # "link 3" -> device 3's "link"
+        name, _, dev_id = key.partition(" ")
+        if dev_id.isdigit() and int(dev_id) in per_device:
+            per_device[int(dev_id)][name] = sec
     for d in devices:
-        dev = DeviceFacts(d, {k.split()[0]: v for k, v in secs.items() if re.fullmatch(rf"\S+ {d}", k)})
+        dev = DeviceFacts(d, per_device[d])
         dev.link = P.link_status(dev.section("link").text)
         dev.net_health = P.net_health(dev.section("net_health").text)
         dev.netdetect = P.netdetect(dev.section("netdetect").text)

@@ -104,7 +104,7 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
         lines = "\n".join(f"{p.src_device} {kind} {addr} {i}" for i, (p, kind, addr) in enumerate(items))
         script = node_script("network_ping.sh", PAIRS=lines, PARALLEL=PING_PARALLEL)
         outcome = await cluster.run_script(node, script, timeout=PING_TIMEOUT)
-        sections = parse_sections(outcome.stdout if outcome.stdout else "")
+        sections = parse_sections(outcome.stdout)
         by_tag = {name.split()[-1]: sec for name, sec in sections.items() if name.startswith("ping ")}
         out = []
         for i, (p, kind, addr) in enumerate(items):

@@ -12,6 +12,7 @@ from typing import Any
 
 from .errors import InventoryError, Problem
 from .inventory import Group, Inventory, load_inventory
+from .nodepaths import container_name, rank_table_path, remote_dir  # noqa: F401 (re-exported)
 
 PROXY_DIR = "/vllm-workspace/vllm-ascend/examples/disaggregated_prefill_v1"
 PROXY_SCRIPTS = {
@@ -607,19 +608,6 @@ class _Planner:
 
 def engine_id(index: int, g: Group) -> str:
     return g.engine_id if g.engine_id is not None else str(index)
-
-
-def container_name(inv: Inventory) -> str:
-    return inv.container.name or f"vllm-{inv.name}"
-
-
-def remote_dir(inv: Inventory) -> str:
-    """Where `up` keeps this deployment's files on every node (scripts, rank table, logs)."""
-    return f"/var/tmp/deploy/{inv.name}"
-
-
-def rank_table_path(inv: Inventory) -> str:
-    return f"{remote_dir(inv)}/ranktable.json"
 
 
 def kv_transfer_config(inv: Inventory, index: int, g: Group, pre: Group | None, dec: Group | None) -> str:

@@ -8,6 +8,7 @@ from string import Template
 from rich.console import Console
 from rich.table import Table
 
+from .nodepaths import script_name
 from .playbooks import read
 from .plan import Plan, Rank
 
@@ -65,10 +66,6 @@ def rank_script(plan: Plan, rank: Rank) -> str:
     return Template(read("launch_rank.sh")).substitute(
         name=plan.name, what=describe(rank), node=rank.node, exports=exports,
         command=_command_lines(rank.argv))
-
-
-def script_name(rank: Rank) -> str:
-    return f"rank-{rank.group}-{rank.node}-{rank.local_rank}.sh"
 
 
 def rank_scripts(plan: Plan, node: str) -> str:

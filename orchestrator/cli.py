@@ -15,7 +15,11 @@ from . import __version__
 COMMANDS = {
     "plan": "plan",
     "check-network": "check_network",
+    "up": "up",
+    "status": "status",
+    "teardown": "teardown",
     "exec": "exec",
+    "demo": "demo",
     "sim": "sim",
 }
 

@@ -110,5 +110,6 @@ def plan_table(plan: Plan, console: Console | None = None) -> None:
     console.print("steps:")
     for i, s in enumerate(plan.steps, 1):
         group = f" {s.group}" if s.group else ""
-        detail = f" ({s.detail})" if s.detail else ""
+        text = s.describe(plan)
+        detail = f" ({text})" if text else ""
         console.print(f"  {i:2}. {s.name}{group}: {', '.join(s.nodes)}{detail}", highlight=False, soft_wrap=True)

@@ -34,7 +34,7 @@ def plan_of(**edits):
         for k in keys[:-1]:
             cur = cur[int(k)] if isinstance(cur, list) else cur.setdefault(k, {})
         cur[keys[-1]] = value
-    return make_plan(parse_inventory(yaml.safe_dump(doc), "t.yaml"))
+    return make_plan(parse_inventory(yaml.safe_dump(doc, sort_keys=False), "t.yaml"))
 
 
 def problems(**edits) -> str:

@@ -56,7 +56,7 @@ def inventory(tmp_path: Path, **extra) -> dict:
 
 
 def plan_of(doc: dict):
-    return make_plan(parse_inventory(yaml.safe_dump(doc), "t.yaml"))
+    return make_plan(parse_inventory(yaml.safe_dump(doc, sort_keys=False), "t.yaml"))
 
 
 @pytest.fixture
@@ -217,7 +217,7 @@ def test_plan_script_cli(tmp_path):
     from orchestrator.cli import main
 
     path = tmp_path / "inv.yaml"
-    path.write_text(yaml.safe_dump(inventory(tmp_path)))
+    path.write_text(yaml.safe_dump(inventory(tmp_path), sort_keys=False))
     ok = CliRunner().invoke(main, ["plan", str(path), "--script", "d1"])
     assert ok.exit_code == 0, ok.output
     plan = plan_of(inventory(tmp_path))

@@ -213,7 +213,7 @@ def ports(start: int, n: int) -> list[str]:
     return [str(p) for p in range(start, start + n)]
 
 
-# ---- dsv31-a3-single: seed-deepseek-v31.txt, 单节点部署 -------------------------------------
+# ---- dsv31-a3-single: "DeepSeek-V3/3.1", 单节点部署 -------------------------------------
 
 DSV31_SINGLE_ARGS = {
     "--quantization": "ascend",
@@ -255,7 +255,7 @@ DSV31_A3_SINGLE = Example(
     kv={}, proxy=None,
 )
 
-# ---- dsv31-a2-2node-internal: seed-deepseek-v31.txt, 多节点部署 (节点 0 / 节点 1) ------------
+# ---- dsv31-a2-2node-internal: "DeepSeek-V3/3.1", 多节点部署 (节点 0 / 节点 1) ------------
 
 DSV31_A2_2NODE = Example(
     name="dsv31-a2-2node-internal", soc="a2",
@@ -301,7 +301,7 @@ DSV31_A2_2NODE = Example(
     kv={}, proxy=None,
 )
 
-# ---- dsv31-a3-2p1d: seed-deepseek-v31.txt, Prefill-Decode 解耦 -------------------------------
+# ---- dsv31-a3-2p1d: "DeepSeek-V3/3.1", Prefill-Decode 解耦 -------------------------------
 
 DSV31_PD_ENV = {
     "VLLM_RPC_TIMEOUT": "3600000",
@@ -397,7 +397,7 @@ DSV31_A3_2P1D = Example(
     ),
 )
 
-# ---- dsv4-flash-a3-2p1d: seed-deepseek-v4-flash.txt, Prefill-Decode Disaggregation (A3) -----
+# ---- dsv4-flash-a3-2p1d: "DeepSeek-V4-Flash", Prefill-Decode Disaggregation (A3) -----
 
 FLASH_A3_ENV = {
     "HCCL_OP_EXPANSION_MODE": "AIV",
@@ -530,7 +530,7 @@ DSV4_FLASH_A3_2P1D = Example(
     ),
 )
 
-# ---- dsv4-flash-a2-4p1d: seed-deepseek-v4-flash.txt, A2 "4*1P 1*4D" --------------------------
+# ---- dsv4-flash-a2-4p1d: "DeepSeek-V4-Flash", A2 "4*1P 1*4D" --------------------------
 
 FLASH_A2_ENV = {
     "LD_PRELOAD": "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2:$LD_PRELOAD",
@@ -658,7 +658,7 @@ DSV4_FLASH_A2_4P1D = Example(
     ),
 )
 
-# ---- dsv4-pro-a2-32npu: seed-deepseek-v4-pro-a2-32npu.txt, 3 部署步骤 -------------------------
+# ---- dsv4-pro-a2-32npu: "DeepSeek-V4-Pro-w4a8 在 32×910B2 的 vLLM-Ascend 部署", 3 部署步骤 -------------------------
 
 def _pro_rank(node: str, rank: int) -> Rank:
     # vllm serve ... --port 10010 $([ $RANK != 0 ] && echo --headless) --data-parallel-size 4
@@ -731,7 +731,7 @@ DSV4_PRO_A2 = Example(
     kv={}, proxy=None,
 )
 
-# ---- cp-a3-1p1d: seed-context-parallel.txt, Prefiller/Decoder Deployment --------------------
+# ---- cp-a3-1p1d: "Long-Sequence Context Parallel (Deepseek)", Prefiller/Decoder Deployment --------------------
 
 CP_ENV = {
     "HCCL_BUFFSIZE": "768",

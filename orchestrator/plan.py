@@ -195,6 +195,12 @@ class ContainerPlan:
     socket_env: tuple[tuple[str, str], ...] | None  # what the guard restores here; None = off
 
     @property
+    def shm_bytes(self) -> int:
+        size = shm_bytes(self.shm_size)
+        assert size is not None  # checked by the planner
+        return size
+
+    @property
     def argv(self) -> list[str]:
         argv = ["docker", "run", "-d", "--name", self.name, "--net=host", f"--shm-size={self.shm_size}"]
         if self.privileged:
@@ -756,7 +762,21 @@ class _Planner:
         return steps
 
     # -- containers
-    def check_mounts(self) -> None:
+    def check_container(self) -> None:
+        inv = self.inv
+        if shm_bytes(inv.container.shm_size) is None:
+            self.error(("container", "shm_size"), f"shm_size {inv.container.shm_size!r} is not a size",
+                       "use a number with an optional unit b, k, m or g, e.g. 1g or 512g")
+        if inv.kv_transfer is None:
+            for gi, g in enumerate(inv.groups):
+                if g.kv_extra:
+                    self.error(("groups", gi, "kv_extra"), "kv_extra is only used with kv_transfer",
+                               "remove it, or add kv_transfer")
+        for role in ("prefill", "decode", "serve"):
+            if getattr(inv.roles, role).kv_extra and (role == "serve" or inv.kv_transfer is None):
+                self.error(("roles", role, "kv_extra"), f"roles.{role}.kv_extra is never used"
+                           + (" (serve groups have no kv_transfer)" if role == "serve" else " without kv_transfer"),
+                           "remove it" + ("" if role == "serve" else ", or add kv_transfer"))
         state = _mount_dst(remote_dir(self.inv))
         for i, m in enumerate(self.inv.container.mounts):
             dst = _mount_dst(m)
@@ -796,6 +816,20 @@ def _mount_dst(spec: str) -> str:
     parts = spec.split(":")
     dst = parts[1] if len(parts) > 1 else parts[0]
     return dst.rstrip("/") or "/"
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4, "p": 1024 ** 5}
+
+
+def shm_bytes(size: str) -> int | None:
+    """docker's --shm-size in bytes, as docker reads it (RAMInBytes: `512g`, `1.5GiB`, `64mb`;
+    units are powers of 1024), None if it is not a size.
+
+    `docker inspect` reports HostConfig.ShmSize in bytes: compare with this."""
+    import re
+
+    m = re.fullmatch(r"(\d+(?:\.\d+)?) ?([kmgtp]?)i?b?", size.lower())
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)]) if m else None
 
 
 def socket_env_guard(inv: Inventory) -> bool:
@@ -846,7 +880,7 @@ def make_plan(inv: Inventory) -> Plan:
     ranks = p.ranks(layouts)
     proxy = p.proxy(ranks)
     p.check_ports(ranks, proxy)
-    p.check_mounts()
+    p.check_container()
     if p.problems:
         raise InventoryError(p.problems, inv.source)
     return Plan(inv, ranks, proxy, p.steps(ranks, proxy), p.warnings, p.containers(ranks))

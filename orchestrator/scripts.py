@@ -22,13 +22,14 @@ Order inside a rank script, and why:
 from __future__ import annotations
 
 import json
+import posixpath
 import re
 import shlex
 from string import Template
 
 from . import nodepaths
 from .playbooks import read
-from .plan import ContainerPlan, Plan, Rank
+from .plan import SOCKET_ENV, ContainerPlan, Plan, Rank
 
 SOCKET_ENV_VAR = "DEPLOY_SOCKET_ENV"
 # The first line of our sitecustomize.py: the runtime tells ours from the image's by it.
@@ -111,7 +112,6 @@ def socket_env(plan: Plan, rank: Rank) -> dict[str, str] | None:
     """What the guard restores for this rank (its own values), or None when the guard is off."""
     if not plan.socket_env_guard:
         return None
-    from .plan import SOCKET_ENV
     return {k: rank.env[k] for k in SOCKET_ENV}
 
 
@@ -229,6 +229,41 @@ del _deploy_restore_socket_env
 '''
 
 
+# Run by `python3 -c` inside the container with argv [source, marker]: copies `source` to the
+# image's site-packages as sitecustomize.py unless the image has its own there. Prints one word:
+# installed (none was there), updated (an earlier one of ours), unchanged, kept (the image's own).
+_INSTALL = """import os, sys, sysconfig
+src, marker = sys.argv[1], sys.argv[2]
+dst = os.path.join(sysconfig.get_paths()["purelib"], "sitecustomize.py")
+new = open(src).read()
+try:
+    old = open(dst).read()
+except FileNotFoundError:
+    old = None
+if old is not None and not old.startswith(marker):
+    print("kept", dst)
+elif old == new:
+    print("unchanged", dst)
+else:
+    tmp = dst + ".deploy-tmp"
+    with open(tmp, "w") as f:
+        f.write(new)
+    os.replace(tmp, dst)
+    print("installed" if old is None else "updated", dst)
+"""
+
+
+def sitecustomize_install_argv(plan: Plan, node: str) -> list[str] | None:
+    """`docker exec NAME python3 -c ... SOURCE MARKER`: install the node's guard from the uploaded
+    nodepaths.sitecustomize_file (write sitecustomize_for(plan, node) there first), never over
+    the image's own sitecustomize.py. None when the guard is off."""
+    c = plan.container_on(node)
+    if c is None or c.socket_env is None:
+        return None
+    return ["docker", "exec", c.name, "python3", "-c", _INSTALL,
+            nodepaths.sitecustomize_file(plan.inventory), SITECUSTOMIZE_MARKER]
+
+
 def sitecustomize_for(plan: Plan, node: str) -> str | None:
     """The node's sitecustomize.py text, or None when the guard is off or the node runs nothing."""
     c = plan.container_on(node)
@@ -254,5 +289,5 @@ def node_script(plan: Plan, node: str) -> str:
     for rank in plan.ranks_on(node):
         out.append(f"# ==== {nodepaths.script_name(rank)}\n" + rank_script(plan, rank))
     if plan.proxy is not None and plan.proxy.node == node:
-        out.append(f"# ==== {nodepaths.proxy_script(plan.inventory).rsplit('/', 1)[1]}\n" + proxy_script(plan))
+        out.append(f"# ==== {posixpath.basename(nodepaths.proxy_script(plan.inventory))}\n" + proxy_script(plan))
     return "\n".join(out)

@@ -155,3 +155,24 @@ def test_a_mount_over_the_state_folder_is_refused(mount):
 def test_env_files_must_be_absolute():
     assert "container.env_files[0]" in problems(container__env_files=["set_env.sh"])
     assert plan_of(container__env_files=[]).inventory.container.env_files == []
+
+
+@pytest.mark.parametrize("size, ok", [("1g", True), ("1500g", True), ("64mb", True), ("1.5GiB", True),
+                                      ("lots", False), ("-1g", False), ("1x", False)])
+def test_shm_size_is_a_docker_size(size, ok):
+    if ok:
+        assert plan_of(container__shm_size=size).containers[0].argv[6] == f"--shm-size={size}"
+    else:
+        assert "container.shm_size" in problems(container__shm_size=size)
+
+
+def test_shm_bytes_matches_docker_inspect():
+    assert plan_of(container__shm_size="512g").containers[0].shm_bytes == 512 * 1024 ** 3
+
+
+def test_kv_extra_without_use_is_an_error():
+    assert "roles.serve.kv_extra" in problems(roles={"serve": {"kv_extra": {"a": 1}}})
+    doc_edits = dict(kv_transfer=None, proxy=None, groups=[
+        {"name": "s", "role": "serve", "nodes": ["p0"], "kv_extra": {"a": 1}}])
+    out = problems(**doc_edits)
+    assert "groups[0].kv_extra" in out

@@ -225,3 +225,37 @@ def test_plan_script_cli(tmp_path):
     assert shlex.split(ok.stdout.splitlines()[1]) == plan.container_on("d1").argv
     bad = CliRunner().invoke(main, ["plan", str(path), "--script", "zz"])
     assert bad.exit_code == 2 and "'zz' is not a node" in bad.output
+
+
+def test_sitecustomize_install_never_replaces_the_images_own(tmp_path):
+    from orchestrator.scripts import sitecustomize_install_argv
+
+    plan = plan_of(inventory(tmp_path))
+    argv = sitecustomize_install_argv(plan, "d0")
+    assert argv[:5] == ["docker", "exec", "vllm-t-pd", "python3", "-c"]
+    assert argv[-2:] == ["/var/tmp/deploy/t-pd/sitecustomize.py", SITECUSTOMIZE_MARKER]
+    # run the installer with a throwaway venv's python (its site-packages stands for the image's)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    py = str(venv / "bin" / "python3")
+    purelib = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    target = Path(purelib) / "sitecustomize.py"
+    src = tmp_path / "staged.py"
+
+    def install(text: str) -> str:
+        src.write_text(text)
+        out = subprocess.run([py, "-c", argv[5], str(src), argv[-1]], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()[0]
+
+    ours = sitecustomize_for(plan, "d0")
+    assert install(ours) == "installed" and target.read_text() == ours
+    assert install(ours) == "unchanged"
+    ours_d1 = sitecustomize_for(plan, "d1")
+    assert install(ours_d1) == "updated" and target.read_text() == ours_d1
+    target.write_text("# the image's own\nimport os\n")
+    assert install(ours) == "kept" and target.read_text() == "# the image's own\nimport os\n"
+    no_guard = inventory(tmp_path)
+    no_guard["container"]["socket_env_guard"] = False
+    assert sitecustomize_install_argv(plan_of(no_guard), "d0") is None

@@ -135,13 +135,15 @@ class Step:
             if inv.container.setup:
                 parts.append(f"{len(inv.container.setup)} container.setup command(s)")
             if plan.socket_env_guard:
-                parts.append("socket-env guard (sitecustomize.py, when the image has none)")
+                parts.append("socket-env guard: sitecustomize.py unless the image has one")
             return ", ".join(parts)
         if k is StepKind.LAUNCH:
+            waves = len({s.wave for s in plan.steps if s.kind is StepKind.LAUNCH})
+            wave = f", wave {self.wave}" if waves > 1 else ""
             if self.role == "master":
-                return "master"
+                return "master" + wave
             g = next(g for g in inv.groups if g.name == self.group)
-            return "headless" if g.launch_mode != "external" else "other nodes"
+            return ("headless" if g.launch_mode != "external" else "other nodes") + wave
         if k is StepKind.READINESS:
             return "every serving rank answers /health with 200"
         if k is StepKind.PROXY:

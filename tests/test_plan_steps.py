@@ -63,6 +63,8 @@ def test_layerwise_decode_wave_first():
     plan = plan_of(pd("MooncakeLayerwiseConnector"))
     launches = [(s.group, s.role, s.wave) for s in plan.steps if s.kind is StepKind.LAUNCH]
     assert launches == [("d", "master", 0), ("d", "others", 0), ("pa", "master", 1), ("pb", "master", 1)]
+    assert [s.describe(plan) for s in plan.steps if s.kind is StepKind.LAUNCH] == [
+        "master, wave 0", "other nodes, wave 0", "master, wave 1", "master, wave 1"]
 
 
 def test_llmdatadist_has_a_ranktable_step_after_the_network_gate():

@@ -7,6 +7,7 @@ ports, so a plan that comes back is one vLLM-Ascend will accept; problems come b
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -766,6 +767,18 @@ class _Planner:
     # -- containers
     def check_container(self) -> None:
         inv = self.inv
+        c = inv.container
+        # These become docker argv tokens: a leading '-' would be read as an option.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", c.image):
+            self.error(("container", "image"), f"image {c.image!r} is not an image reference",
+                       "use registry/repository:tag (letters, digits, . _ / : @ -)")
+        if c.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", c.name):
+            self.error(("container", "name"), f"container name {c.name!r} is not a docker container name",
+                       "use letters, digits, _ . - (starting with a letter or digit)")
+        for key in c.env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                self.error(("container", "env", key), f"{key!r} is not an environment variable name",
+                           "use letters, digits and _, not starting with a digit")
         if shm_bytes(inv.container.shm_size) is None:
             self.error(("container", "shm_size"), f"shm_size {inv.container.shm_size!r} is not a size",
                        "use a number with an optional unit b, k, m or g, e.g. 1g or 512g")
@@ -828,8 +841,6 @@ def shm_bytes(size: str) -> int | None:
     units are powers of 1024), None if it is not a size.
 
     `docker inspect` reports HostConfig.ShmSize in bytes: compare with this."""
-    import re
-
     m = re.fullmatch(r"(\d+(?:\.\d+)?) ?([kmgtp]?)i?b?", size.lower())
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)]) if m else None
 

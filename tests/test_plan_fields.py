@@ -176,3 +176,19 @@ def test_kv_extra_without_use_is_an_error():
         {"name": "s", "role": "serve", "nodes": ["p0"], "kv_extra": {"a": 1}}])
     out = problems(**doc_edits)
     assert "groups[0].kv_extra" in out
+
+
+@pytest.mark.parametrize("edit, path", [
+    ({"container__image": "--privileged"}, "container.image"),
+    ({"container__image": "img with space"}, "container.image"),
+    ({"container__name": "-x"}, "container.name"),
+    ({"container__env": {"A=B": "1"}}, "container.env.A=B"),
+    ({"container__env": {"1A": "1"}}, "container.env.1A"),
+])
+def test_container_values_that_would_become_docker_options_are_refused(edit, path):
+    assert path in problems(**edit)
+
+
+def test_container_env_is_passed_literally():
+    c = plan_of(container__env={"A": "x $HOME y", "B": 1}).containers[0]
+    assert ["-e", "A=x $HOME y", "-e", "B=1"] == c.argv[-7:-3]

@@ -259,3 +259,13 @@ def test_sitecustomize_install_never_replaces_the_images_own(tmp_path):
     no_guard = inventory(tmp_path)
     no_guard["container"]["socket_env_guard"] = False
     assert sitecustomize_install_argv(plan_of(no_guard), "d0") is None
+
+
+def test_only_shell_identifiers_are_live_references(tmp_path, fakebin):
+    from orchestrator.scripts import env_name, shell_value
+
+    assert shell_value("a$1b${2}c$éd") == "'a$1b${2}c$éd'"
+    assert shell_value("x${HOME}y$HOME") == "x\"${HOME}\"y\"${HOME}\""
+    for bad in ("FOO\n", "A-B", "1A", ""):
+        with pytest.raises(ScriptError):
+            env_name(bad)

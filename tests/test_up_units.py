@@ -12,7 +12,7 @@ from orchestrator.launch import http, nodeside
 from orchestrator.launch.ledger import Ledger, LockHeld, RankEntry, deployment_lock
 from orchestrator.launch.status import parse_metrics
 from orchestrator.launch.steps import Cause, NodeResult, exit_code
-from orchestrator.launch.up import container_drift, parse_run_argv
+from orchestrator.launch.up import container_drift
 
 
 def test_parse_response_plain_chunked_and_garbage():
@@ -50,28 +50,27 @@ def test_header_injection_refused():
         asyncio.run(http.request(never, "h", 1, "GET", "/", headers={"X": "a\r\nEvil: 1"}))
 
 
-ARGV = ["docker", "run", "-d", "--name", "vllm-x", "--net=host", "--shm-size=1g",
-        "--device", "/dev/davinci0", "--device", "/dev/davinci_manager",
-        "-v", "/etc/hccn.conf:/etc/hccn.conf", "-e", "A=1", "img:1", "sleep", "infinity"]
+def _spec():
+    from orchestrator.plan import ContainerPlan
 
-
-def test_parse_run_argv():
-    p = parse_run_argv(ARGV)
-    assert p["image"] == "img:1" and p["cmd"] == ["sleep", "infinity"]
-    assert p["devices"] == ["/dev/davinci0", "/dev/davinci_manager"]
-    assert p["binds"] == ["/etc/hccn.conf:/etc/hccn.conf"] and p["env"] == ["A=1"]
+    return ContainerPlan(node="n", name="vllm-x", image="img:1",
+                         devices=("/dev/davinci0", "/dev/davinci_manager"),
+                         binds=("/etc/hccn.conf:/etc/hccn.conf",), env=(("A", "1"),), shm_size="1g",
+                         privileged=False, setup=(), socket_env=None)
 
 
 def test_container_drift_names_what_differs():
     same = {"Config": {"Image": "img:1", "Env": ["A=1", "PATH=/bin"]},
             "HostConfig": {"Devices": [{"PathOnHost": "/dev/davinci0"}, {"PathOnHost": "/dev/davinci_manager"}],
-                           "Binds": ["/etc/hccn.conf:/etc/hccn.conf"], "NetworkMode": "host"}}
-    assert container_drift(same, {"argv": ARGV}) == []
+                           "Binds": ["/etc/hccn.conf:/etc/hccn.conf"], "NetworkMode": "host",
+                           "ShmSize": 1024 ** 3}}
+    assert container_drift(same, _spec()) == []
     other = {"Config": {"Image": "img:2", "Env": []},
              "HostConfig": {"Devices": [{"PathOnHost": "/dev/davinci_manager"}], "Binds": [],
-                            "NetworkMode": "bridge"}}
-    diff = " ".join(container_drift(other, {"argv": ARGV}))
-    for word in ("image img:2", "missing /dev/davinci0", "mounts missing /etc/hccn.conf", "env A", "network bridge"):
+                            "NetworkMode": "bridge", "ShmSize": 64 * 1024 ** 2, "Privileged": True}}
+    diff = " ".join(container_drift(other, _spec()))
+    for word in ("image img:2", "missing /dev/davinci0", "mounts missing /etc/hccn.conf", "env A",
+                 "network bridge", "shm-size", "privileged True"):
         assert word in diff
 
 

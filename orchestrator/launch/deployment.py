@@ -43,24 +43,15 @@ def by_group(refs: list[RankRef]) -> dict[str, list[RankRef]]:
 
 
 def launch_waves(plan: Plan) -> list[list[str]]:
-    """Groups in bring-up order. Every group of one wave starts together; only the layerwise
-    connector (decode first) has two waves."""
-    order: list[str] = []
+    """Groups in bring-up order: every group of one wave starts together; wave w + 1 once wave
+    w has started (only the layerwise connector has two: decode first)."""
+    from ..plan import StepKind
+
+    waves: dict[int, list[str]] = {}
     for s in plan.steps:
-        group = getattr(s, "group", None)
-        if _step_name(s) == "launch" and group and group not in order:
-            order.append(group)
-    kv = plan.inventory.kv_transfer
-    if kv is not None and kv.connector == "MooncakeLayerwiseConnector":
-        roles = {g.name: g.role for g in plan.inventory.groups}
-        return [w for w in ([g for g in order if roles[g] == "decode"],
-                            [g for g in order if roles[g] != "decode"]) if w]
-    return [order]
-
-
-def _step_name(step) -> str:
-    name = step.to_json()["name"] if hasattr(step, "to_json") else getattr(step, "name")
-    return str(name)
+        if s.kind is StepKind.LAUNCH and s.group and s.group not in waves.get(s.wave or 0, []):
+            waves.setdefault(s.wave or 0, []).append(s.group)
+    return [waves[w] for w in sorted(waves)]
 
 
 def http_ranks(refs: list[RankRef]) -> list[RankRef]:

@@ -93,17 +93,6 @@ def remove(container: str) -> list[str]:
     return ["docker", "rm", "-f", container]
 
 
-def install_sitecustomize(container: str, source: str) -> list[str]:
-    """Copy our sitecustomize.py into the image's site-packages unless one is there already."""
-    script = ('sp=$(python3 -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])") || exit 1; '
-              'if [ -e "$sp/sitecustomize.py" ]; then '
-              '  if grep -q "$2" "$sp/sitecustomize.py"; then echo ours; else echo image; fi; '
-              'else cp "$1" "$sp/sitecustomize.py" && echo installed; fi')
-    return docker_exec(container, "sh", "-c", script, "sh", source, MARKER)
-
-
-MARKER = "deploy: socket env guard"
-
 # /proc/net/tcp: listening IPv4 sockets as "addr:port" lines (no ss/netstat needed on the node)
 LISTENING = ["cat", "/proc/net/tcp"]
 

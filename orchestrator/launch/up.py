@@ -16,10 +16,9 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
-from .. import nodepaths
+from .. import nodepaths, scripts
 from ..checks.parsers import npu_info
-from ..plan import Plan
-from ..render import devices_text
+from ..plan import ContainerPlan, Plan
 from ..transport import Cluster
 from . import http, nodeside
 from .deployment import RankRef, by_group, http_ranks, launch_waves, rank_refs, smoke_target
@@ -50,18 +49,6 @@ class UpResult:
     ready_seconds: dict[str, float] = field(default_factory=dict)
     failed_groups: dict[str, str] = field(default_factory=dict)
     network: dict | None = None
-
-
-def rank_script_text(plan: Plan, rank) -> str:
-    from .. import render
-
-    return render.rank_script(plan, rank)
-
-
-def proxy_script_text(plan: Plan) -> str:
-    assert plan.proxy is not None
-    return ("#!/bin/sh\n# deploy: the P/D proxy of " + plan.name + "\n"
-            "exec " + shlex.join(plan.proxy.argv) + "\n")
 
 
 class Up:
@@ -223,22 +210,15 @@ class Up:
         files: dict[str, tuple[str, int]] = {}
         for ref in self.refs:
             if ref.node == node and ref.rank.group in self.groups:
-                files[ref.script] = (rank_script_text(self.plan, ref.rank), 0o700)
+                files[ref.script] = (scripts.rank_script(self.plan, ref.rank), 0o700)
         if self.plan.proxy is not None and self.plan.proxy.node == node:
-            files[nodepaths.proxy_script(self.inv)] = (proxy_script_text(self.plan), 0o700)
-        guard = self._guard_text()
+            text = scripts.proxy_script(self.plan)
+            if text is not None:
+                files[nodepaths.proxy_script(self.inv)] = (text, 0o700)
+        guard = scripts.sitecustomize_for(self.plan, node)
         if guard is not None:
-            files[f"{nodepaths.remote_dir(self.inv)}/sitecustomize.py"] = (guard, 0o644)
+            files[nodepaths.sitecustomize_file(self.inv)] = (guard, 0o644)
         return files
-
-    def _guard_text(self) -> str | None:
-        try:
-            from .. import scripts  # the plan side's renderer (socket env guard)
-        except ImportError:
-            return None
-        fn = getattr(scripts, "sitecustomize", None)
-        enabled = getattr(self.plan, "socket_env_guard", False)
-        return fn() if fn is not None and enabled else None
 
     async def _prepare(self, node: str) -> NodeResult:
         o = await self.cluster.run_script(node, nodeside.write_files_script(self._files_for(node)), timeout=120)
@@ -260,7 +240,8 @@ class Up:
                             "check the image name and the node's registry access (docker login)")
 
     async def _containers(self, node: str) -> NodeResult:
-        spec = self._container_plan(node)
+        spec = self.plan.container_on(node)
+        assert spec is not None, f"the plan has no container for {node}"
         o = await self.cluster.run(node, nodeside.inspect(self.container), timeout=60)
         if o.status == "unreachable":
             return from_outcome(o, "docker inspect")
@@ -282,7 +263,7 @@ class Up:
             rm = await self.cluster.run(node, nodeside.remove(self.container), timeout=120)
             if not rm.ok:
                 return from_outcome(rm, f"docker rm -f {self.container}")
-        created = await self.cluster.run(node, spec["argv"], timeout=300)
+        created = await self.cluster.run(node, spec.argv, timeout=300)
         if not created.ok:
             return from_outcome(created, f"docker run {self.container}",
                                 "see the docker error above; check devices and mounts on the node")
@@ -291,27 +272,21 @@ class Up:
         self.new_containers.add(node)
         return NodeResult(node, Cause.OK, f"created {self.container} {cid[:12]}")
 
-    def _container_plan(self, node: str) -> dict:
-        for c in getattr(self.plan, "containers", []) or []:
-            c_node = c["node"] if isinstance(c, dict) else c.node
-            if c_node == node:
-                return c if isinstance(c, dict) else {"node": c.node, "name": c.name, "image": c.image,
-                                                      "argv": list(c.argv)}
-        raise RuntimeError(f"the plan has no container for node {node}")
-
     async def _setup(self, node: str) -> NodeResult:
         if node not in self.new_containers:
             return NodeResult(node, Cause.OK, "existing container: setup already done")
-        for argv in self.inv.container.setup if hasattr(self.inv.container, "setup") else []:
-            o = await self.cluster.run(node, nodeside.docker_exec(self.container, *argv), timeout=600)
+        spec = self.plan.container_on(node)
+        assert spec is not None
+        for argv in scripts.setup_argvs(spec):
+            o = await self.cluster.run(node, argv, timeout=600)
             if not o.ok:
-                return from_outcome(o, f"setup {shlex.join(argv)}", "fix container.setup in the inventory")
-        if self._guard_text() is not None:
-            src = f"{nodepaths.remote_dir(self.inv)}/sitecustomize.py"
-            o = await self.cluster.run(node, nodeside.install_sitecustomize(self.container, src), timeout=120)
+                return from_outcome(o, f"setup {shlex.join(argv[3:])}", "fix container.setup in the inventory")
+        install = scripts.sitecustomize_install_argv(self.plan, node)
+        if install is not None:
+            o = await self.cluster.run(node, install, timeout=120)
             if not o.ok:
                 return from_outcome(o, "install the socket env guard (sitecustomize.py)")
-            if o.stdout.strip() == "image":
+            if o.stdout.strip().endswith("kept"):
                 self.progress.say(f"  {node}: the image has its own sitecustomize.py; left as is "
                                   "(the socket env guard is not installed)")
         return NodeResult(node, Cause.OK, "setup done")
@@ -578,65 +553,35 @@ async def completion(cluster: Cluster, node: str, ip: str, port: int, model: str
                               timeout=timeout)
 
 
-def container_drift(current: dict, spec: dict) -> list[str]:
-    """What differs between a running container (docker inspect) and the plan's docker run argv."""
-    want = parse_run_argv(spec["argv"])
+def container_drift(current: dict, spec: ContainerPlan) -> list[str]:
+    """What differs between an existing container (`docker inspect`) and the plan's."""
     cfg, host = current.get("Config", {}) or {}, current.get("HostConfig", {}) or {}
     diff = []
-    if cfg.get("Image") != want["image"]:
-        diff.append(f"image {cfg.get('Image')} (plan: {want['image']})")
-    have_dev = sorted(d.get("PathOnHost") for d in host.get("Devices") or [])
-    if have_dev != sorted(want["devices"]):
-        missing = sorted(set(want["devices"]) - set(have_dev))
-        extra = sorted(set(have_dev) - set(want["devices"]))
+    if cfg.get("Image") != spec.image:
+        diff.append(f"image {cfg.get('Image')} (plan: {spec.image})")
+    have_dev = {d.get("PathOnHost") for d in host.get("Devices") or []}
+    want_dev = set(spec.devices)
+    if have_dev != want_dev:
+        missing, extra = sorted(want_dev - have_dev), sorted(have_dev - want_dev)
         diff.append("devices" + (f" missing {', '.join(missing)}" if missing else "")
                     + (f" extra {', '.join(extra)}" if extra else ""))
-    have_binds = sorted(host.get("Binds") or [])
-    if have_binds != sorted(want["binds"]):
-        missing = sorted(set(want["binds"]) - set(have_binds))
-        diff.append("mounts" + (f" missing {', '.join(missing)}" if missing else " differ"))
+    have_binds, want_binds = set(host.get("Binds") or []), set(spec.binds)
+    if have_binds != want_binds:
+        missing, extra = sorted(want_binds - have_binds), sorted(have_binds - want_binds)
+        diff.append("mounts" + (f" missing {', '.join(missing)}" if missing else "")
+                    + (f" extra {', '.join(extra)}" if extra else ""))
     env = set(cfg.get("Env") or [])
-    missing_env = [e.split("=", 1)[0] for e in want["env"] if e not in env]
+    missing_env = [k for k, v in spec.env if f"{k}={v}" not in env]
     if missing_env:
         diff.append(f"env {', '.join(missing_env)} differs")
-    if bool(host.get("Privileged")) != want["privileged"]:
-        diff.append(f"privileged {bool(host.get('Privileged'))} (plan: {want['privileged']})")
+    if bool(host.get("Privileged")) != spec.privileged:
+        diff.append(f"privileged {bool(host.get('Privileged'))} (plan: {spec.privileged})")
+    if host.get("ShmSize") not in (None, spec.shm_bytes):
+        diff.append(f"shm-size {host.get('ShmSize')} bytes (plan: {spec.shm_size})")
     mode = host.get("NetworkMode")
     if mode and mode != "host":
         diff.append(f"network {mode} (plan: host)")
     return diff
-
-
-def parse_run_argv(argv: list[str]) -> dict:
-    """The fields of our own `docker run` argv that `docker inspect` reports back."""
-    out = {"devices": [], "binds": [], "env": [], "privileged": False, "image": "", "cmd": []}
-    i = 2  # docker run
-    takes = {"--name", "--shm-size", "--device", "-v", "--volume", "-e", "--env", "--net", "--network"}
-    while i < len(argv):
-        a = argv[i]
-        key, eq, val = a.partition("=")
-        if a == "-d" or a == "--privileged":
-            out["privileged"] |= a == "--privileged"
-            i += 1
-            continue
-        if eq and key in takes:
-            value, i = val, i + 1
-        elif a in takes:
-            value, i = argv[i + 1], i + 2
-        elif a.startswith("-"):
-            i += 1
-            continue
-        else:
-            out["image"], out["cmd"] = a, argv[i + 1:]
-            break
-        name = key if eq else a
-        if name == "--device":
-            out["devices"].append(value.split(":")[0])
-        elif name in ("-v", "--volume"):
-            out["binds"].append(value)
-        elif name in ("-e", "--env"):
-            out["env"].append(value)
-    return out
 
 
 def _indent(text: str) -> str:

@@ -100,7 +100,15 @@ def _summary(doc: dict, progress: Progress) -> None:
             if doc["smoke_text"]:
                 say(f"  smoke completion: {doc['smoke_text']!r}", markup=False)
     else:
-        say("[bold red]up failed[/bold red]")
+        say("[bold red]up failed[/bold red] (details above)")
         for g, msg in doc["failed_groups"].items():
-            say(f"  group {g}: {msg}", markup=False, highlight=False)
+            say(f"  group {g}: {msg.splitlines()[0]}", markup=False, highlight=False)
+        failed = [r for s in doc["steps"] for r in s["nodes"].values() if r["cause"] not in ("ok", "skipped")]
+        if not doc["failed_groups"]:
+            for r in failed[:10]:
+                say(f"  {r['node']}: {r['message'].splitlines()[0] if r['message'] else r['cause']}",
+                    markup=False, highlight=False)
+        if doc["steps"] and any(s["step"] == "launch" for s in doc["steps"]):
+            say("  ranks that started are still running: deploy status INVENTORY; deploy teardown INVENTORY",
+                markup=False, highlight=False)
     say(f"logs: {doc['logs']} (local), {doc['node_state_dir']} (each node)", markup=False)

@@ -257,3 +257,46 @@ def test_pd_format_needs_prefill_and_decode(tmp_path):
     assert p.returncode == 2
     assert "--format pd needs prefill and decode groups" in p.stderr
     assert not (tmp_path / "t.json").exists()
+
+
+def test_large_ep_example_gets_its_pd_table():
+    """inventories/large-ep-a3-2p2d.yaml on a simulated A3 cluster: the table LLMDataDist reads,
+    prefill servers first (p0, p1: devices 0..7 each), then decode (d0, d1: 0..15 each)."""
+    example = Path(__file__).resolve().parent.parent / "inventories" / "large-ep-a3-2p2d.yaml"
+    sim = Sim(example.read_text(), MODES[-1])
+    try:
+        p = sim.ranktable("-o", "-")
+        assert p.returncode == 0, p.stdout + p.stderr
+        table = json.loads(p.stdout)
+        layout = {"prefill": [("p0", list(range(8))), ("p1", list(range(8)))],
+                  "decode": [("d0", list(range(16))), ("d1", list(range(16)))]}
+        assert table == expected_pd(sim, layout, a3=True)
+        assert table["server_count"] == "4"
+        assert [e["cluster_id"] for e in table["prefill_device_list"] + table["decode_device_list"]] == \
+            [str(i) for i in range(1, 49)]
+    finally:
+        sim.down()
+
+
+def test_check_network_report_carries_the_facts_up_needs(a3c):
+    """`up` runs check_network first: its report's facts build the same table as the CLI (no
+    second SSH pass)."""
+    import asyncio
+
+    from orchestrator.checks.network import check_network
+    from orchestrator.plan import load_and_plan
+    from orchestrator.ranktable import build_table, validate_table
+    from orchestrator.transport import Cluster
+
+    plan = load_and_plan(a3c.inventory)
+
+    async def go():
+        async with Cluster(plan.inventory, plan.nodes) as cluster:
+            await cluster.connect()
+            return await check_network(plan, cluster, ping=False)
+
+    report = asyncio.run(go())
+    assert sorted(report.facts) == ["d0", "p0"]
+    table = build_table(plan, report.facts, "pd")
+    assert validate_table(plan, table, report.facts) == []
+    assert table == json.loads(a3c.ranktable("-o", "-").stdout)

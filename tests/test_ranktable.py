@@ -282,3 +282,17 @@ def test_hash_is_sha256_of_the_written_text():
     assert text.endswith("\n")
     assert table_hash(table) == hashlib.sha256(text.encode()).hexdigest()
     assert table_hash(table) != table_hash(build_table(plan, facts_for(plan), "hccl"))
+
+
+def test_a3_hccl_pods_must_be_contiguous_and_complete():
+    plan = _plan(THREE_A3)
+    facts = facts_for(plan, b={"pod": 1, "server_index": 0}, c={"server_index": 1})
+    good = build_table(plan, facts, "hccl")
+    t = copy.deepcopy(good)
+    t["server_list"] = [t["server_list"][i] for i in (0, 2, 1)]   # a, b, c: pod 0, 1, 0
+    for i, d in enumerate(x for s in t["server_list"] for x in s["device"]):
+        d["rank_id"] = str(i)
+    assert any("not contiguous" in p.message for p in validate_table(plan, t, facts))
+    t = copy.deepcopy(good)
+    t["super_pod_list"][1]["server_list"] = []
+    assert ("b", None) in where(validate_table(plan, t, facts))

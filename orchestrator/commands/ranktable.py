@@ -61,6 +61,10 @@ def command(inventory: str, fmt: str | None, output: str, as_json: bool) -> None
     if as_json and output == "-":
         click.echo("error: --json and -o - both want stdout; give -o FILE", err=True)
         sys.exit(EXIT_USAGE)
+    kv = plan.inventory.kv_transfer
+    if fmt == "pd" and kv is not None and kv.connector != "LLMDataDistCMgrConnector" and not as_json:
+        click.echo(f"note: {kv.connector} reads no rank table (only LLMDataDistCMgrConnector does); "
+                   "writing it anyway", err=True)
     nodes = plan.nodes
     logs = run_dir(plan.inventory, "ranktable")
 

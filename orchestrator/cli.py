@@ -19,6 +19,7 @@ COMMANDS = {
     "status": "status",
     "teardown": "teardown",
     "exec": "exec",
+    "ranktable": "ranktable",
     "demo": "demo",
     "sim": "sim",
 }

@@ -152,7 +152,7 @@ class Group(Strict):
     dp: int = Field(default=1, ge=1)
     tp: int = Field(default=1, ge=1)
     dp_local: int | None = Field(default=None, ge=1)
-    launch: Literal["external", "internal", "nnodes"] | None = None
+    launch: Literal["external", "internal", "nnodes", "env"] | None = None  # env: issue 12, VLLM_DP_* variables
     port: int | None = Field(default=None, ge=1, le=65535)
     dp_rpc_port: int = Field(default=12321, ge=1, le=65535)
     kv_port: int | None = Field(default=None, ge=1, le=65535)
@@ -175,7 +175,7 @@ class Group(Strict):
     def http_port(self) -> int:
         if self.port is not None:
             return self.port
-        return 7100 if self.launch_mode == "external" else 8000
+        return 7100 if self.launch_mode in ("external", "env") else 8000
 
 
 class Proxy(Strict):

@@ -39,6 +39,10 @@ PLANNER_FLAGS = {
     "kv-transfer-config": "kv_transfer and groups[].kv_port / engine_id",
 }
 BUILTIN_ENV: dict[str, str] = {}
+# launch: env (the large-EP guide's run_dp_template.sh, v0.9.1-era images): DP from these variables.
+ENV_DP_VARS = ("VLLM_DP_SIZE", "VLLM_DP_MASTER_IP", "VLLM_DP_MASTER_PORT", "VLLM_DP_RANK_LOCAL",
+               "VLLM_DP_RANK", "VLLM_DP_SIZE_LOCAL")
+EXTERNAL_DP_LB = "VLLM_ASCEND_EXTERNAL_DP_LB_ENABLED"
 MOONCAKE_TE_BASE = 20000  # AscendDirectTransport picks random ports in [20000, 20000 + devices*1000)
 
 
@@ -144,7 +148,7 @@ class Step:
             if self.role == "master":
                 return "master" + wave
             g = next(g for g in inv.groups if g.name == self.group)
-            return ("headless" if g.launch_mode != "external" else "other nodes") + wave
+            return ("headless" if g.launch_mode not in ("external", "env") else "other nodes") + wave
         if k is StepKind.READINESS:
             return "every serving rank answers /health with 200"
         if k is StepKind.PROXY:
@@ -505,7 +509,8 @@ class _Planner:
                 if name in PLANNER_FLAGS:
                     self.error(layer_path + (key,), f"--{name} is set by the planner ({PLANNER_FLAGS[name]})",
                                f"remove '{key}' from args")
-        for key in PER_RANK_ENV:
+        self.check_env_launch(gi, g)
+        for key in PER_RANK_ENV + (ENV_DP_VARS if g.launch_mode == "env" else ()):
             if key in env:
                 self.warn(("groups", gi, "env"), f"{key} is set per rank by the planner; the inventory value is ignored",
                           f"remove {key} from env")
@@ -525,6 +530,21 @@ class _Planner:
         if isinstance(gmu, (int, float)) and not isinstance(gmu, bool) and gmu > 0.95:
             self.warn(where("gpu-memory-utilization"), f"gpu-memory-utilization {gmu} is above 0.95 (group '{g.name}')",
                       "leave headroom for HCCL buffers: 0.9 to 0.95")
+
+    def check_env_launch(self, gi: int, g: Group) -> None:
+        """VLLM_ASCEND_EXTERNAL_DP_LB_ENABLED without the VLLM_DP_* set silently runs DP size 1 on
+        the v0.9.1 image (its ParallelConfig patch reads DP only from them): only launch env sets it."""
+        if g.launch_mode == "env":
+            return
+        layers = ((("container", "env"), self.inv.container.env), (("env",), self.inv.env),
+                  (("roles", g.role, "env"), getattr(self.inv.roles, g.role).env), (("groups", gi, "env"), g.env))
+        for path, layer in layers:
+            if layer.get(EXTERNAL_DP_LB) is not None:
+                self.error(path + (EXTERNAL_DP_LB,),
+                           f"{EXTERNAL_DP_LB} is set for group '{g.name}' (launch {g.launch_mode}) without the "
+                           "VLLM_DP_* variables: the image then silently runs DP size 1",
+                           f"set launch: env on group '{g.name}' (the planner exports it with VLLM_DP_*), "
+                           f"or remove {EXTERNAL_DP_LB}")
 
     def allocate(self, layouts: list[_GroupLayout]) -> None:
         """Explicit device lists first, then the next free devices of each node in group order."""
@@ -625,6 +645,19 @@ class _Planner:
                         kv = (g.kv_port + r * lay.per_rank, g.kv_port + (r + 1) * lay.per_rank - 1) if mooncake else None
                         ranks.append(Rank(**common, dp_rank=r, local_rank=i, devices=mine, port=port, headless=False,
                                           argv=argv, env=self.rank_env(lay, node_name, mine), kv_ports=kv))
+                elif g.launch_mode == "env":
+                    # One `vllm serve` per DP rank, DP from VLLM_DP_* (no --data-parallel-* flags).
+                    # Visible: all the group's devices on the node; vLLM's DPEngineCoreProc narrows
+                    # it to local_rank*tp .. (local_rank+1)*tp-1 (the guide: "all devices visible").
+                    for i in range(lay.dp_local):
+                        r = pos * lay.dp_local + i
+                        mine = devs[i * lay.per_rank:(i + 1) * lay.per_rank]
+                        port = g.http_port + i
+                        env = self.rank_env(lay, node_name, devs)
+                        env.update(env_dp_vars(g, lay.dp_local, master_ip, r, i))
+                        kv = (g.kv_port + r * lay.per_rank, g.kv_port + (r + 1) * lay.per_rank - 1) if mooncake else None
+                        ranks.append(Rank(**common, dp_rank=r, local_rank=i, devices=mine, port=port, headless=False,
+                                          argv=base + ["--port", str(port)] + tail, env=env, kv_ports=kv))
                 elif g.launch_mode == "internal":
                     start = pos * lay.dp_local
                     head = pos == 0
@@ -848,6 +881,15 @@ def shm_bytes(size: str) -> int | None:
 def socket_env_guard(inv: Inventory) -> bool:
     g = inv.container.socket_env_guard
     return g if g is not None else any(len(gr.nodes) > 1 for gr in inv.groups)
+
+
+def env_dp_vars(g: Group, dp_local: int, master_ip: str, rank: int, local: int) -> dict[str, str]:
+    """launch env: the variables of the large-EP guide's run_dp_template.sh for one DP rank."""
+    return {
+        "VLLM_DP_SIZE": str(g.dp), "VLLM_DP_MASTER_IP": master_ip, "VLLM_DP_MASTER_PORT": str(g.dp_rpc_port),
+        "VLLM_DP_RANK_LOCAL": str(local), "VLLM_DP_RANK": str(rank), "VLLM_DP_SIZE_LOCAL": str(dp_local),
+        EXTERNAL_DP_LB: "1", "VLLM_WORKER_MULTIPROC_METHOD": "fork",
+    }
 
 
 def engine_id(index: int, g: Group) -> str:

@@ -64,6 +64,7 @@ class RankEntry:
     pid: int | None = None
     started: float | None = None  # epoch seconds
     ready: float | None = None
+    table: str | None = None      # sha256 of the rank table the rank started with
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Ledger:
     containers: dict[str, str] = field(default_factory=dict)  # node -> container id
     ranks: dict[str, RankEntry] = field(default_factory=dict)  # rank key -> entry
     proxy_pid: int | None = None
+    ranktable_hash: str | None = None
     steps: list[dict] = field(default_factory=list)  # {"step", "ok", "detail", "at"}
     state: str = "new"  # new | launching | serving | failed | torn-down
 
@@ -97,7 +99,7 @@ class Ledger:
         ranks = {k: RankEntry(**v) for k, v in data.get("ranks", {}).items()}
         return cls(name=data["name"], inventory_text=data.get("inventory_text", ""),
                    inventory_file=data.get("inventory_file", ""), plan=data.get("plan", {}), containers=data.get("containers", {}),
-                   ranks=ranks, proxy_pid=data.get("proxy_pid"), steps=data.get("steps", []),
+                   ranks=ranks, proxy_pid=data.get("proxy_pid"), ranktable_hash=data.get("ranktable_hash"), steps=data.get("steps", []),
                    state=data.get("state", "new"))
 
     def save(self) -> None:
@@ -106,7 +108,7 @@ class Ledger:
                 "inventory_file": self.inventory_file, "inventory_text": self.inventory_text, "plan": self.plan,
                 "containers": self.containers,
                 "ranks": {k: vars(v) for k, v in self.ranks.items()},
-                "proxy_pid": self.proxy_pid, "steps": self.steps[-200:]}
+                "proxy_pid": self.proxy_pid, "ranktable_hash": self.ranktable_hash, "steps": self.steps[-200:]}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

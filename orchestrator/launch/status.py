@@ -37,10 +37,12 @@ class RankStatus:
     running: float | None = None
     waiting: float | None = None
     kv_cache: float | None = None
+    ranktable: str | None = None  # sha256 (12) of the rank table it started with
+    stale_table: bool = False     # the table on the node changed since the rank started
 
     @property
     def healthy(self) -> bool:
-        return self.alive and (self.port is None or self.health == "200")
+        return self.alive and (self.port is None or self.health == "200") and not self.stale_table
 
     def to_json(self) -> dict:
         return {**vars(self), "healthy": self.healthy}
@@ -86,6 +88,8 @@ async def collect_status(plan: Plan, cluster: Cluster, ledger: Ledger | None) ->
     st.unreachable = {n: o.reason for n, o in cluster.unreachable.items() if n in plan.nodes}
     nodes = [n for n in plan.nodes if n not in st.unreachable]
     pids: dict[str, int] = {}
+    tables: dict[str, str] = {}  # node -> sha256 of the rank table file there
+    needs_table = any(getattr(s, "name", "") == "ranktable" for s in plan.steps)
 
     async def node_state(node: str) -> None:
         o = await cluster.run(node, nodeside.inspect(container), timeout=60)
@@ -104,10 +108,16 @@ async def collect_status(plan: Plan, cluster: Cluster, ledger: Ledger | None) ->
         if plan.proxy is not None and plan.proxy.node == node:
             files.append(nodepaths.proxy_pid(inv))
         script = "".join(f"echo {_q('@@pid ' + f)}; cat {nodepaths.host_path(f)} 2>/dev/null; echo\n" for f in files)
+        if needs_table:
+            script += f"echo @@table; sha256sum {nodepaths.host_path(nodepaths.rank_table_path(inv))} 2>/dev/null\n"
         out = await cluster.run_script(node, script, timeout=60)
         cur = None
         for line in out.stdout.splitlines():
-            if line.startswith("@@pid "):
+            if line == "@@table":
+                cur = "@@table"
+            elif cur == "@@table" and line.strip():
+                tables[node] = line.split()[0]
+            elif line.startswith("@@pid "):
                 cur = line[6:]
             elif cur and line.strip().isdigit():
                 pids[cur] = int(line.strip())
@@ -130,6 +140,9 @@ async def collect_status(plan: Plan, cluster: Cluster, ledger: Ledger | None) ->
         entry = ledger.ranks.get(ref.key) if ledger else None
         if rs.alive and entry and entry.started:
             rs.uptime = round(time.time() - entry.started, 1)
+        if needs_table and entry is not None and entry.table:
+            rs.ranktable = entry.table[:12]
+            rs.stale_table = rs.alive and tables.get(r.node) not in (None, entry.table)
         if r.port is not None and r.node not in st.unreachable:
             tunnel = lambda h, p: cluster.open_tcp(r.node, h, p)  # noqa: E731
             h = await http.request(tunnel, r.ip, r.port, "GET", "/health", timeout=3)

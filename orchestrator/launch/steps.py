@@ -29,6 +29,7 @@ class Cause(str, Enum):
 class Kind(str, Enum):
     CONNECT = "connect"
     CHECK_NETWORK = "check-network"
+    RANKTABLE = "ranktable"
     PREPARE = "prepare"          # state folder and uploads
     IMAGE = "image"
     CONTAINERS = "containers"

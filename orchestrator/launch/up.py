@@ -65,6 +65,9 @@ class Up:
         self.new_containers: set[str] = set()
         self.keep: set[str] = set()  # groups already healthy: left running
         self.started = time.monotonic()
+        self.facts: dict | None = None      # check-network's collected facts (rank table input)
+        self.table_text: str | None = None  # the P/D rank table, when the connector needs one
+        self.table_hash: str | None = None
 
     # ------------------------------------------------------------------ the whole run
 
@@ -84,6 +87,8 @@ class Up:
         if self.keep:
             self.progress.say(f"keeping healthy groups running: {', '.join(sorted(self.keep))}")
         if not self.opts.skip_checks and not await self._check_network(result):
+            return result
+        if self._needs_table() and not await self._ranktable():
             return result
         for kind, label, fn in ((Kind.PREPARE, "state folder and scripts", self._prepare),
                                 (Kind.IMAGE, f"image {self.inv.container.image}", self._image),
@@ -187,6 +192,7 @@ class Up:
         report.checks = [c for c in report.checks
                          if not (c.check == "hbm" and c.status == "fail" and (c.node, c.device) in kept)]
         result.network = report.to_json()
+        self.facts = report.facts
         results = {n: NodeResult(n, Cause.OK, "network ok") for n in self.nodes}
         for n, reason in report.unreachable.items():
             results[n] = NodeResult(n, Cause.UNREACHABLE, reason)
@@ -218,7 +224,43 @@ class Up:
         guard = scripts.sitecustomize_for(self.plan, node)
         if guard is not None:
             files[nodepaths.sitecustomize_file(self.inv)] = (guard, 0o644)
+        if self.table_text is not None:
+            files[nodepaths.rank_table_path(self.inv)] = (self.table_text, 0o644)
         return files
+
+    def _needs_table(self) -> bool:
+        from ..plan import StepKind
+
+        return any(s.kind is StepKind.RANKTABLE for s in self.plan.steps)
+
+    async def _ranktable(self) -> bool:
+        """The P/D rank table from the nodes' live device IPs (check-network's facts: no second
+        round), validated before anything is written; a problem names node and device."""
+        from ..checks.network import collect
+        from ..ranktable import build_table, render_table, table_hash, validate_table
+
+        t0 = time.monotonic()
+        self.progress.step_started(Kind.RANKTABLE, "P/D rank table from live device IPs", self.nodes)
+        if self.facts is None:
+            self.facts, lost = await collect(self.cluster, self.plan, self.nodes)
+            for n, reason in lost.items():
+                self.runner.failed.setdefault(n, NodeResult(n, Cause.UNREACHABLE, reason))
+        table = build_table(self.plan, self.facts, "pd")
+        problems = validate_table(self.plan, table, self.facts)
+        results = {n: NodeResult(n, Cause.OK, "devices in the table") for n in self.nodes}
+        for pr in problems:
+            node = pr.node if pr.node in results else self.nodes[0]
+            if results[node].ok:
+                results[node] = NodeResult(node, Cause.REFUSED, f"rank table: {pr}", pr.fix or
+                                           "deploy ranktable INVENTORY shows the whole table; fix the device IPs")
+        report = StepReport(Kind.RANKTABLE, "rank table", results, time.monotonic() - t0)
+        self.runner.add(report)
+        self._record(report)
+        if problems:
+            return False
+        self.table_text, self.table_hash = render_table(table), table_hash(table)
+        self.ledger.ranktable_hash = self.table_hash
+        return True
 
     async def _prepare(self, node: str) -> NodeResult:
         o = await self.cluster.run_script(node, nodeside.write_files_script(self._files_for(node)), timeout=120)
@@ -367,7 +409,8 @@ class Up:
             if o.ok:
                 res = NodeResult(ref.node, Cause.FAILED, f"start {ref.where()}: no PID printed ({o.stdout[:200]!r})")
             return res
-        self.ledger.ranks[ref.key] = RankEntry(ref.key, ref.node, ref.rank.group, int(pid_text), time.time())
+        self.ledger.ranks[ref.key] = RankEntry(ref.key, ref.node, ref.rank.group, int(pid_text), time.time(),
+                                               table=self.table_hash)
         return None
 
     async def _readiness(self, pending: dict[str, float], groups: dict[str, list[RankRef]],

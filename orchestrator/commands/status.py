@@ -59,6 +59,13 @@ def show(st: Status, name: str) -> None:
                   f"{r.uptime:.0f}s" if r.uptime is not None else "-", _num(r.running), _num(r.waiting),
                   _num(r.kv_cache, True))
     console.print(t)
+    tables = {r.ranktable for r in st.ranks if r.ranktable}
+    if tables:
+        console.print(f"rank table: {', '.join(sorted(tables))} (sha256)", highlight=False)
+    for r in st.ranks:
+        if r.stale_table:
+            console.print(f"[red]stale rank table[/red]: {r.key} on {r.node} started with {r.ranktable}, the file "
+                          "on the node has changed since (restart the group: teardown, then up)", highlight=False)
     for node, state in sorted(st.containers.items()):
         console.print(f"container on {node}: {state}", highlight=False)
     if st.proxy:

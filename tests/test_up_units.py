@@ -128,3 +128,15 @@ def test_ledger_roundtrip_private_and_lock(tmp_path, monkeypatch):
         with deployment_lock("demo", "up"):
             with deployment_lock("demo", "up"):
                 pass
+
+
+def test_signal_groups_kills_a_process_group_under_dash():
+    """dash's kill takes no `--`: the group signal must work with the node's /bin/sh."""
+    import time
+
+    p = subprocess.Popen(["setsid", "sh", "-c", "sleep 100 & sleep 100; wait"])
+    time.sleep(0.2)
+    argv = nodeside.signal_groups("c", [p.pid], "TERM")
+    assert argv[:3] == ["docker", "exec", "c"]
+    subprocess.run(["/bin/sh", "-c", argv[5], *argv[6:]], check=True)
+    assert p.wait(timeout=5) != 0

@@ -44,7 +44,7 @@ def parse_alive(stdout: str) -> dict[int, bool]:
 
 def signal_groups(container: str, pids: list[int], sig: str) -> list[str]:
     """`kill -SIG -PGID` for each rank's process group, inside the container."""
-    return docker_exec(container, "sh", "-c", 'sig=$1; shift; for p in "$@"; do kill -"$sig" -- -"$p" 2>/dev/null; done; true',
+    return docker_exec(container, "sh", "-c", 'sig=$1; shift; for p in "$@"; do kill -"$sig" -"$p" 2>/dev/null; done; true',
                        "sh", sig, *map(str, pids))
 
 

@@ -77,9 +77,15 @@ def info_table(state: dict, claims: list = (), visible: set[int] | None = None) 
 
 
 def container_devices(container_dir: str) -> set[int]:
-    """The `--device /dev/davinciN` numbers of a container (its config.json)."""
+    """The `--device /dev/davinciN` numbers of a container (its config.json, docker inspect's shape)."""
     with open(os.path.join(container_dir, "config.json")) as f:
-        return {int(d) for d in json.load(f).get("devices", [])}
+        rec = json.load(f)
+    out = set()
+    for d in (rec.get("HostConfig") or {}).get("Devices") or []:
+        tail = str(d.get("PathOnHost", "")).removeprefix("/dev/davinci")
+        if tail.isdigit():
+            out.add(int(tail))
+    return out
 
 
 def live_info(node_dir: str, container_dir: str | None = None) -> str:

@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import shutil
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 
 import asyncssh
@@ -27,6 +31,8 @@ nodes:
   d0: {host: 10.1.0.2, nic: eth7}
 container: {image: quay.io/ascend/vllm-ascend:v0.11.0rc1}
 model: {path: /mnt/weights/DeepSeek-V3.1-w8a8}
+kv_transfer: {connector: MooncakeConnectorV1}
+proxy: {node: p0, port: 1999}
 groups:
   - {name: p, role: prefill, nodes: [p0], dp: 1, tp: 8, kv_port: 30000}
   - {name: d, role: decode, nodes: [d0], dp: 1, tp: 8, kv_port: 30100}
@@ -183,3 +189,21 @@ def test_direct_tcpip_to_loopback(sim):
         assert asyncio.run(go()) == b"echo:GET /health"
     finally:
         echo.sock.close()
+
+
+def test_check_network_sees_a_leftover_claim_by_its_pid(sim):
+    """check-network reads `npu-smi info`: its HBM check names the live holder with its PID."""
+    pid = int(sim.ssh("p0", "nohup sleep 600 >/dev/null 2>&1 & echo $!").stdout)
+    try:
+        r = sim.ssh("p0", f"/usr/bin/python3 - <<'EOF'\n{SMI_CLAIM.format(root=sim.root, pid=pid)}EOF\n")
+        assert r.returncode == 0, r.stderr
+        p = subprocess.run([sys.executable, "-m", "orchestrator", "check-network", str(sim.root / "inventory.yaml"),
+                            "--json", "--no-ping"], capture_output=True, text=True, timeout=120,
+                           env=dict(os.environ, DEPLOY_STATE_DIR=tempfile.gettempdir() + "/deploy-test-state"))
+        checks = json.loads(p.stdout)["checks"]
+        hbm = sorted((c["node"], c["device"]) for c in checks if c["check"] == "hbm" and c["status"] != "ok")
+        assert hbm == [("p0", 2), ("p0", 3)], p.stdout
+        assert all(f"pid {pid} VLLM::EngineCore (51234 MB)" in c["observed"] for c in checks
+                   if c["check"] == "hbm" and c["status"] != "ok")
+    finally:
+        sim.ssh("p0", f"kill {pid}")

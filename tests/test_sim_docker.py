@@ -178,10 +178,10 @@ def test_exec_env_image_shell_context_and_python(sim):
             "echo 'import os; os.environ[\"SITE_SEEN\"] = \"1\"' > $p/sitecustomize.py; "
             "python -c 'import os; print(os.environ.get(\"SITE_SEEN\"))'"))
         lines = r.stdout.splitlines()
-        assert lines[:3] == ["/usr/local/python3.11.13/bin/vllm", "/usr/local/python3.11.13/bin/python",
-                             "/usr/local/python3.11.13/bin/python3"], r.stderr
+        assert lines[:3] == ["/usr/local/python3.11.14/bin/vllm", "/usr/local/python3.11.14/bin/python",
+                             "/usr/local/python3.11.14/bin/python3"], r.stderr
         assert lines[3:5] == ["load_balance_proxy_layerwise_server_example.py", "load_balance_proxy_server_example.py"]
-        assert lines[5].startswith("/usr/local/python3.11.13/lib/python3") and lines[5].endswith("/site-packages")
+        assert lines[5].startswith("/usr/local/python3.11.14/lib/python3") and lines[5].endswith("/site-packages")
         assert lines[6] == "1"  # the image's sitecustomize.py is imported by every python
         assert sim.ssh("n0", "docker exec ctx ls /mnt/weights/m").stdout == "config.json\n"
         r = sim.ssh("n0", "docker exec ctx touch /mnt/weights/x")

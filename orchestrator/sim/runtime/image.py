@@ -9,7 +9,7 @@ As in the real image (quay.io/ascend/vllm-ascend, built on the CANN image):
     /usr/local/Ascend/nnal/atb/set_env.sh               exports the ATB environment
     /root/.bashrc                                       sources both: only interactive shells read it,
                                                         so a non-interactive `docker exec` lacks them
-    /usr/local/python3.11.13/                           the image's python: a venv made from
+    /usr/local/python3.11.14/                           the image's python: a venv made from
                                                         /usr/bin/python3 whose site-packages is the
                                                         image's (a sitecustomize.py there is imported
                                                         by every python), with `vllm` in its bin/
@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-PY = "/usr/local/python3.11.13"
+PY = "/usr/local/python3.11.14"
 EXAMPLES = "/vllm-workspace/vllm-ascend/examples/disaggregated_prefill_v1"
 PROXY = f"{EXAMPLES}/load_balance_proxy_server_example.py"
 PROXY_LAYERWISE = f"{EXAMPLES}/load_balance_proxy_layerwise_server_example.py"
@@ -88,7 +88,7 @@ def files(sim_root: str, ref: str) -> dict[str, tuple[str, int]]:
     return {
         PROXY: (_launcher(sim_root, "proxy.py"), 0o644),
         PROXY_LAYERWISE: (_launcher(sim_root, "proxy.py",
-                                    "import os; os.environ['DEPLOY_SIM_PROXY_LAYERWISE'] = '1'\n"), 0o644),
+                                    "import os; os.environ['DEPLOY_SIM_PROXY_MODE'] = 'layerwise'\n"), 0o644),
         f"{TOOLKIT}/set_env.sh": (CANN_ENV, 0o755),
         f"{ATB}/set_env.sh": (ATB_ENV, 0o755),
         "/root/.bashrc": (BASHRC, 0o644),

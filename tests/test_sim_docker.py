@@ -156,6 +156,8 @@ def test_name_conflict_and_missing_container_texts(sim):
     assert (r.returncode, r.stdout.strip(), r.stderr.strip()) == (1, "[]", "Error: No such object: dup")
     r = sim.ssh("n0", f"docker run -d --bogus {IMAGE}")
     assert r.returncode == 125 and r.stderr.startswith("unknown flag: --bogus")
+    r = sim.ssh("n0", f"docker run -d -v ../../x:/x {IMAGE} sleep 1")  # never outside the node
+    assert r.returncode == 125 and "includes invalid characters for a local volume name" in r.stderr
 
 
 def test_exec_env_image_shell_context_and_python(sim):

@@ -447,6 +447,10 @@ def parse_bind(spec: str) -> tuple[str, str, bool]:
         raise Fail(f'docker: Error response from daemon: invalid volume specification: \'{spec}\'\n\n'
                    "Run 'docker run --help' for more information", 125)
     src, dst = parts[0], parts[1]
+    if not src.startswith("/") and not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]*", src):
+        raise Fail(f'docker: Error response from daemon: create {src}: "{src}" includes invalid characters for a '
+                   'local volume name, only "[a-zA-Z0-9][a-zA-Z0-9_.-]" are allowed. If you intended to pass a '
+                   "host directory, use absolute path.\n\nRun 'docker run --help' for more information", 125)
     opts = parts[2].split(",") if len(parts) > 2 else []
     return src, dst, "ro" in opts
 

@@ -218,9 +218,12 @@ def test_duplicate_device_ip(a2c):
 
 def test_busy_is_retried_then_green(a2c):
     a2c.fault("d0", "busy:3")
+    state = a2c.dir / "sim" / "nodes" / "d0" / "state.json"
+    assert json.loads(state.read_text())["busy"] == 3  # the fault applied
     p = a2c.check("--json", "--no-ping")
     assert p.returncode == 0, p.stdout
     assert not failing(report(p))
+    assert json.loads(state.read_text())["busy"] == 0  # all 3 busy answers were met and retried
 
 
 def test_health_alarm(a2c):

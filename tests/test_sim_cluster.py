@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from orchestrator.commands.sim import command as sim_cli
 from orchestrator.inventory import load_inventory
-from orchestrator.sim.cluster import listening
+from orchestrator.sim.processes import listening
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client")
 
@@ -138,8 +138,12 @@ def test_faults_file_is_applied_at_up(sim):
 
 def test_tool_fault_from_the_cli(sim):
     sim.fault("p1", "link-down", "--device", "2")
-    assert sim.ssh("p1", "hccn_tool -i 2 -link -g").stdout == "link status: DOWN\n"
-    assert sim.ssh("p0", "hccn_tool -i 2 -link -g").stdout == "link status: UP\n"
+    try:
+        assert sim.ssh("p1", "hccn_tool -i 2 -link -g").stdout == "link status: DOWN\n"
+        assert sim.ssh("p0", "hccn_tool -i 2 -link -g").stdout == "link status: UP\n"
+    finally:  # the sim is shared: leave it healthy
+        sim.fault("p1", "clear")
+    assert sim.ssh("p1", "hccn_tool -i 2 -link -g").stdout == "link status: UP\n"
 
 
 def test_manifest_and_inventory_point_at_the_sim(sim):

@@ -905,20 +905,6 @@ def test_other_user_can_write(tmp_path: Path, impl: str) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_invocation_cost(a3: Path) -> None:
-    """Get paths are builtin-only: a loop of invocations stays in the few-ms range."""
-    n = 200
-    script = (
-        f"i=0; while [ $i -lt {n} ]; do hccn_tool -i 3 -link -g >/dev/null; "
-        "hccn_tool -i 3 -ping -g address 10.3.0.12 >/dev/null; i=$((i+1)); done"
-    )
-    t0 = time.perf_counter()
-    p = run(a3, "a3n0", script)
-    per_call = (time.perf_counter() - t0) / (2 * n)
-    assert p.returncode == 0
-    assert per_call < 0.01, f"{per_call * 1000:.2f} ms per call"
-
-
 # ---------------------------------------------------------------------------------------
 # the compiled fast path (orchestrator/sim/fastpath.c) against the sh reference
 
@@ -1092,7 +1078,7 @@ def test_fastpath_falls_back_on_missing_or_bad_files(tmp_path: Path) -> None:
 
 @needs_cc
 def test_install_tools_compile_cache_and_fallbacks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import orchestrator.sim.state as sim_state
+    import orchestrator.sim.tools as sim_state
 
     monkeypatch.delenv("DEPLOY_SIM_NO_FASTPATH", raising=False)
     scripts = {t: (sim_state.BIN_SRC / t).read_bytes() for t in ("hccn_tool", "npu-smi")}

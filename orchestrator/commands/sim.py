@@ -10,8 +10,8 @@ import click
 
 from ..cliutil import EXIT_FAILED, EXIT_USAGE, fail_inventory
 from ..errors import InventoryError
-from ..sim import cluster
-from ..sim.cluster import SimError, SimUsageError
+from ..sim import cluster, faults as faultreg
+from ..sim.errors import SimError, SimUsageError
 
 _DIR = click.option("--dir", "root", type=click.Path(file_okay=False), default=None,
                     help="Simulator directory (default /tmp/deploy-sim-<uid>).")
@@ -43,13 +43,18 @@ def command() -> None:
               help="YAML list of {node, fault, device} applied once the nodes are up.")
 @click.option("--port", type=click.IntRange(1, 65535), default=cluster.DEFAULT_PORT, show_default=True,
               help="SSH port of every node.")
-def up(inventory, root, nodes, soc, mode, faults_file, port) -> None:
+@click.option("--startup", type=click.FloatRange(0, 3600), default=2.0, show_default=True,
+              help="Seconds a simulated `vllm serve` takes to load (per node: runtime/config.json).")
+@click.option("--time-factor", type=click.FloatRange(0.0001, 100), default=1.0, show_default=True,
+              help="Scales vLLM's time limits (5-minute handshake, VLLM_ENGINE_READY_TIMEOUT_S).")
+def up(inventory, root, nodes, soc, mode, faults_file, port, startup, time_factor) -> None:
     """Start one SSH server per node; print the path of the inventory that points at them."""
     if (inventory is None) == (nodes is None):
         raise click.UsageError("give an INVENTORY or --nodes N (not both)")
     try:
         sim = cluster.up(root or cluster.default_dir(), inventory, nodes=nodes, soc=soc, mode=mode,
-                         port=port, faults_file=faults_file, say=_say)
+                         port=port, faults_file=faults_file, startup=startup,
+                         time_factor=time_factor, say=_say)
     except InventoryError as err:
         fail_inventory(err)
     except SimError as err:
@@ -72,14 +77,18 @@ def down(root) -> None:
     click.echo(f"sim down: stopped {len(stopped)} process(es); nothing of {root} is running")
 
 
-@command.command("fault")
+_FAULT_EPILOG = "\b\nFaults (name, kind, meaning):\n" + faultreg.help_listing()
+
+
+@command.command("fault", epilog=_FAULT_EPILOG)
 @_DIR
 @click.argument("node")
 @click.argument("fault")
 @click.option("--device", type=int, default=None, help="Device id, for device faults (default: all).")
 def fault(root, node, fault, device) -> None:
-    """Break NODE: a tool FAULT (link-down, net-health:Init, ...), an SSH fault (unreachable,
-    auth-fail, host-key-changed), or clear-ssh to undo the SSH ones."""
+    """Break NODE with FAULT: a tool fault (the node's hardware as hccn_tool/npu-smi report it),
+    an SSH fault (its server), or a runtime fault (how vllm serve behaves there); `clear` undoes
+    them all (running processes are kept)."""
     try:
         click.echo(cluster.fault(root or cluster.default_dir(), node, fault, device))
     except SimError as err:
@@ -95,5 +104,5 @@ def status(root) -> None:
     except SimError as err:
         _fail(err)
     for r in rows:
-        faults = ",".join(r["ssh_faults"] + r["tool_faults"]) or "-"
+        faults = ",".join(r["ssh_faults"] + r["tool_faults"] + r.get("runtime_faults", [])) or "-"
         click.echo(f"{r['node']:12} {r['addr']}:{r['port']:<6} {'up' if r['up'] else 'down':5} {faults}")

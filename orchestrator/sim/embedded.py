@@ -16,6 +16,7 @@ and "Accepted publickey" lines.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import pwd
 import signal
@@ -27,9 +28,13 @@ from pathlib import Path
 
 import asyncssh
 
-from .cluster import Sim, SimError, _tail, authorized_keys_path, host_key_path, node_env, sshd_dir
+from .errors import SimError
+from .layout import authorized_keys_path, host_key_path, node_env, sshd_dir
+from .manifest import Sim
+from .processes import tail as _tail
 
 _PKG_PARENT = str(Path(__file__).resolve().parents[2])
+_LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 _SIGNAL_NAMES = {s.value: s.name[3:] for s in signal.Signals if not s.name.startswith("SIG_")}
 
 
@@ -117,6 +122,17 @@ class _Server(asyncssh.SSHServer):
                         pass
         if not ok:
             self.node.say(f"Failed publickey for {username} from {self.peer[0]} port {self.peer[1]}")
+        return ok
+
+    def connection_requested(self, dest_host: str, dest_port: int, orig_host: str, orig_port: int) -> bool:
+        """direct-tcpip (local port forwarding, `conn.open_connection`): loopback only, as the
+        sim's nodes and everything they run live on 127.0.0.0/8."""
+        try:
+            ok = ipaddress.ip_address(dest_host) in _LOOPBACK
+        except ValueError:
+            ok = False
+        if not ok:
+            self.node.say(f"refused direct-tcpip to {dest_host} port {dest_port}: not on 127.0.0.0/8")
         return ok
 
     def auth_completed(self) -> None:

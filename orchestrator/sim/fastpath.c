@@ -323,6 +323,32 @@ static void hccn_tool(int argc, char **argv)
 	fallback(); /* -tls -s, malformed or unknown commands */
 }
 
+/* `npu-smi info` must show live HBM claims (DIR/nodes/<n>/runtime/hbm/<dev>/<pid>) and, inside a
+ * container, only its devices: both are drawn by runtime/smi.py through the sh script. */
+static int occupied(void)
+{
+	const char *c = getenv("DEPLOY_SIM_CONTAINER");
+	if (c && *c)
+		return 1;
+	DIR *d = opendir(fmt("%s/runtime/hbm", node));
+	struct dirent *e;
+	int found = 0;
+	char sub[4096];
+	while (d && !found && (e = readdir(d))) {
+		if (e->d_name[0] == '.' || snprintf(sub, sizeof sub, "%s/runtime/hbm/%s", node, e->d_name) >= (int)sizeof sub)
+			continue;
+		DIR *s = opendir(sub);
+		struct dirent *f;
+		while (s && !found && (f = readdir(s)))
+			found = f->d_name[0] != '.';
+		if (s)
+			closedir(s);
+	}
+	if (d)
+		closedir(d);
+	return found;
+}
+
 /* npu-smi info [-l | -m | -t board|health|spod-info -i N [-c C]] */
 static void npu_smi(int argc, char **argv)
 {
@@ -330,6 +356,8 @@ static void npu_smi(int argc, char **argv)
 	const char *t = "", *i = "", *c = "", *k = NULL;
 	env();
 	if (argc < 2 || strcmp(argv[1], "info") || (argc == 3 && strcmp(argv[2], "-l") && strcmp(argv[2], "-m")))
+		fallback();
+	if (argc == 2 && occupied())
 		fallback();
 	if (argc <= 3) {
 		snprintf(key, sizeof key, "%s", argc == 2 ? "info" : argv[2][1] == 'l' ? "list" : "map");

@@ -1,9 +1,15 @@
-"""Faults that change what the simulated Ascend tools report (``deploy sim fault``).
+"""The one registry of simulator faults (``deploy sim fault``) and the tool faults' effects.
 
-A fault spec is ``name`` or ``name:arg`` (see :func:`parse_fault_spec`).  Tool faults
-change ``DIR/nodes/<node>/state.json`` through :func:`apply_fault` (which re-renders
-the tool outputs); SSH-level faults (:data:`SSH_FAULTS`) belong to the SSH server code.
-See docs/simulator-tools.md for what each fault changes.
+Every fault has a kind:
+
+- ``tool``: changes the node's hardware truth (state.json), so hccn_tool / npu-smi report it;
+  applied here by :func:`apply_fault`.
+- ``ssh``: changes the node's SSH server (lifecycle.py applies these).
+- ``runtime``: changes how the simulated vLLM-Ascend runtime behaves on the node (the ``faults``
+  list in DIR/nodes/<n>/runtime/config.json, read by the fake vllm; runtime/knobs.py).
+
+A spec is ``name`` or ``name:arg`` (:func:`parse_fault_spec`). docs/simulator*.md say what each
+fault changes; ``deploy sim fault --help`` lists them all from :data:`FAULTS`.
 """
 
 from __future__ import annotations
@@ -11,7 +17,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .state import (
     HEALTH_STATUSES,
@@ -24,36 +32,73 @@ from .state import (
     save_state,
 )
 
-__all__ = ["TOOL_FAULTS", "SSH_FAULTS", "parse_fault_spec", "apply_fault"]
+__all__ = ["FAULTS", "TOOL_FAULTS", "SSH_FAULTS", "RUNTIME_FAULTS", "parse_fault_spec", "apply_fault"]
 
-SSH_FAULTS: frozenset[str] = frozenset({"unreachable", "auth-fail", "host-key-changed"})
 
-# name -> (argument: "none" | "required" | "optional", help)
-_SPECS: dict[str, tuple[str, str]] = {
-    "link-down": ("none", "RoCE link DOWN (net health becomes Fault); pings to/from the device fail"),
-    "net-health": ("required", "net-health:<status>: -net_health -g reports <status> (e.g. Unreachable, Init)"),
-    "tls-on": ("none", "TLS switch 1 (state, -tls -g and hccn.conf tls_enable_N)"),
-    "no-ip": ("none", "no live RoCE IP: -ip -g rc 13, pings to it fail; hccn.conf keeps address_N"),
-    "hccn-conf-drift": ("none", "hccn.conf address_N differs from the live IP (-ip -g)"),
-    "ping-loss": ("required", "ping-loss:<peer>: RoCE and HCCS pings between the node and <peer> fail both ways"),
-    "dup-ip": ("required", "dup-ip:<peer>: device gets the RoCE IP of <peer>'s same-index device"),
-    "busy": ("optional", "busy[:n]: the next n (default 3) hccn_tool calls on the node answer busy (rc 11)"),
-    "health": ("required", "health:<Warning|Alarm|Critical|UNKNOWN|OK>: npu-smi Health of the device"),
-    "driver": ("required", "driver:<version>: the node's driver (npu-smi Version / Software Version) differs"),
-    "firmware": ("required", "firmware:<version>: the node's NPU firmware (npu-smi board info) differs"),
-    "cann": ("required", "cann:<version>: the node's host CANN toolkit version differs"),
-    "hbm-held": ("none", "a VLLM::EngineCore process holds 60000 MB HBM on the device (npu-smi info)"),
-    # extras, for the other knobs of the reference (§8)
-    "no-netdetect": ("none", "netdetect unset: -netdetect -g rc 1, net health Detect ip set"),
-    "no-gateway": ("none", "gateway unset: -gateway -g rc 2"),
-    "no-lldp": ("none", "no LLDP neighbour: -lldp -g prints nothing"),
-    "no-optical": ("none", "optical module absent; link DOWN"),
-    "no-cert": ("none", "no TLS certificates: -tls -g rc 14"),
-    "vnic-down": ("none", "A3: vNIC link DOWN; hccs_ping to/from the device fails"),
+@dataclass(frozen=True)
+class Fault:
+    kind: Literal["tool", "ssh", "runtime"]
+    arg: Literal["none", "required", "optional"]
+    help: str
+
+
+def _f(kind, arg, help_):  # type: ignore[no-untyped-def]
+    return Fault(kind, arg, help_)
+
+
+#: name -> Fault, in the order `deploy sim fault --help` lists them.
+FAULTS: dict[str, Fault] = {
+    "link-down": _f("tool", "none", "RoCE link DOWN (net health becomes Fault); pings to/from the device fail"),
+    "net-health": _f("tool", "required", "net-health:<status>: -net_health -g reports <status> (e.g. Unreachable, Init)"),
+    "tls-on": _f("tool", "none", "TLS switch 1 (state, -tls -g and hccn.conf tls_enable_N)"),
+    "no-ip": _f("tool", "none", "no live RoCE IP: -ip -g rc 13, pings to it fail; hccn.conf keeps address_N"),
+    "hccn-conf-drift": _f("tool", "none", "hccn.conf address_N differs from the live IP (-ip -g)"),
+    "ping-loss": _f("tool", "required", "ping-loss:<peer>: RoCE and HCCS pings between the node and <peer> fail both ways"),
+    "dup-ip": _f("tool", "required", "dup-ip:<peer>: device gets the RoCE IP of <peer>'s same-index device"),
+    "busy": _f("tool", "optional", "busy[:n]: the next n (default 3) hccn_tool calls on the node answer busy (rc 11)"),
+    "health": _f("tool", "required", "health:<Warning|Alarm|Critical|UNKNOWN|OK>: npu-smi Health of the device"),
+    "driver": _f("tool", "required", "driver:<version>: the node's driver (npu-smi Version / Software Version) differs"),
+    "firmware": _f("tool", "required", "firmware:<version>: the node's NPU firmware (npu-smi board info) differs"),
+    "cann": _f("tool", "required", "cann:<version>: the node's host CANN toolkit version differs"),
+    "hbm-held": _f("tool", "none", "a VLLM::EngineCore process holds 60000 MB HBM on the device (npu-smi info)"),
+    "no-netdetect": _f("tool", "none", "netdetect unset: -netdetect -g rc 1, net health Detect ip set"),
+    "no-gateway": _f("tool", "none", "gateway unset: -gateway -g rc 2"),
+    "no-lldp": _f("tool", "none", "no LLDP neighbour: -lldp -g prints nothing"),
+    "no-optical": _f("tool", "none", "optical module absent; link DOWN"),
+    "no-cert": _f("tool", "none", "no TLS certificates: -tls -g rc 14"),
+    "vnic-down": _f("tool", "none", "A3: vNIC link DOWN; hccs_ping to/from the device fails"),
+    "unreachable": _f("ssh", "none", "the node's SSH server is stopped and its open connections dropped (connection refused)"),
+    "auth-fail": _f("ssh", "none", "the node no longer accepts the simulator's client key (permission denied)"),
+    "host-key-changed": _f("ssh", "none", "the node gets a new host key; DIR/keys/known_hosts keeps the old one"),
+    "clear-ssh": _f("ssh", "none", "undo the node's SSH faults (original keys, server running)"),
+    "crash-at-start": _f("runtime", "none", "vllm serve on the node exits 1 during start-up, before binding its port"),
+    "crash-after": _f("runtime", "required", "crash-after:<s>: vllm serve exits <s> seconds after it started"),
+    "never-ready": _f("runtime", "none", "vllm serve loads forever: its port never accepts, /health never answers"),
+    "slow-start": _f("runtime", "required", "slow-start:<s>: vllm serve's start-up takes <s> seconds more"),
+    "engine-death": _f("runtime", "none", "vllm serve's engine dies after ready: /health 503, requests fail"),
+    "clear-runtime": _f("runtime", "none", "undo the node's runtime faults (running processes are kept)"),
+    "clear": _f("tool", "none", "undo every fault of the node (hardware truth as at `sim up`, peers' ping-loss to it, "
+                "SSH as clear-ssh, runtime as clear-runtime); running processes and their HBM are kept"),
 }
+_CLEARS = {"clear", "clear-ssh", "clear-runtime"}
+_SPECS: dict[str, tuple[str, str]] = {n: (f.arg, f.help) for n, f in FAULTS.items()
+                                      if f.kind == "tool" and n not in _CLEARS}
 
 #: Tool-level fault names and a one-line description of each.
 TOOL_FAULTS: dict[str, str] = {name: help_ for name, (_arg, help_) in _SPECS.items()}
+SSH_FAULTS: frozenset[str] = frozenset(n for n, f in FAULTS.items() if f.kind == "ssh" and n not in _CLEARS)
+RUNTIME_FAULTS: frozenset[str] = frozenset(n for n, f in FAULTS.items() if f.kind == "runtime" and n not in _CLEARS)
+
+
+def kind_of(name: str) -> str:
+    """``tool`` / ``ssh`` / ``runtime`` of a fault name (a spec's part before ``:``)."""
+    return FAULTS[name.partition(":")[0].strip()].kind
+
+
+def help_listing() -> str:
+    """Every fault with its kind and one-line meaning (for --help and usage errors)."""
+    return "\n".join(f"  {n:17} {f.kind:8} {f.help}" for n, f in FAULTS.items())
+
 
 _NODE_LEVEL = {"ping-loss", "busy", "driver", "firmware", "cann"}
 _VERSION_FIELDS = {"driver": ("driver_version", "npu_smi_version"), "firmware": ("firmware_version",),
@@ -71,16 +116,20 @@ def parse_fault_spec(text: str) -> tuple[str, str | None]:
     name, sep, arg = text.partition(":")
     name = name.strip()
     arg_value: str | None = arg.strip() if sep else None
-    if name in SSH_FAULTS:
-        if arg_value:
-            raise ValueError(f"fault {name!r} takes no argument")
-        return name, None
-    if name not in _SPECS:
-        known = ", ".join(sorted(set(_SPECS) | SSH_FAULTS))
+    if name not in FAULTS:
+        known = ", ".join(sorted(FAULTS))
         raise ValueError(f"unknown fault {name!r}; known faults: {known}")
-    kind = _SPECS[name][0]
+    kind = FAULTS[name].arg
+    if kind == "none" and arg_value:
+        raise ValueError(f"fault {name!r} takes no argument (got {arg_value!r})")
     if kind == "required" and not arg_value:
-        raise ValueError(f"fault {name!r} needs an argument: {_SPECS[name][1]}")
+        raise ValueError(f"fault {name!r} needs an argument: {FAULTS[name].help}")
+    if name in ("crash-after", "slow-start"):
+        try:
+            if not 0 <= float(str(arg_value)) <= 86400:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{name}:<s> needs seconds (0..86400), got {arg_value!r}") from None
     if kind == "none" and arg_value is not None:
         raise ValueError(f"fault {name!r} takes no argument (got {arg_value!r})")
     if name == "busy" and arg_value is not None:
@@ -145,8 +194,9 @@ def apply_fault(
     """
     root = Path(root)
     name, arg = parse_fault_spec(fault)
-    if name in SSH_FAULTS:
-        raise ValueError(f"fault {name!r} is an SSH-level fault, handled by the simulated SSH server")
+    if name in SSH_FAULTS or name in _CLEARS or FAULTS[name].kind != "tool":
+        raise ValueError(f"fault {name!r} is an {FAULTS[name].kind.upper()}-level fault, not a tool fault"
+                         if name not in _CLEARS else f"fault {name!r} is handled by the simulator's lifecycle")
     if name in _NODE_LEVEL and device is not None:
         raise ValueError(f"fault {name!r} applies to the whole node; do not give a device")
     if device is not None and (not isinstance(device, int) or isinstance(device, bool)):

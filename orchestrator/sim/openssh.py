@@ -20,8 +20,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from .cluster import (Sim, SimError, _procs, _signal, _tail, authorized_keys_path, freeze,
-                      host_key_path, node_env, sshd_dir, wait_listening)
+from .errors import SimError
+from .layout import authorized_keys_path, host_key_path, node_env, sshd_dir
+from .manifest import Sim
+from .processes import freeze, procs as _procs, signal_all as _signal, tail as _tail, wait_listening
 
 SSHD = "/usr/sbin/sshd"
 
@@ -57,6 +59,7 @@ def config(sim: Sim, node: str) -> str:
         "PrintMotd no",
         "PrintLastLog no",
         "X11Forwarding no",
+        "AllowTcpForwarding local",  # direct-tcpip: `deploy up` polls /health through the connection
         "LogLevel VERBOSE",
         "",
     ])

@@ -78,9 +78,8 @@ def release(node_dir: str | os.PathLike, pid: int) -> None:
                 (dev / str(int(pid))).unlink()
 
 
-def holders(node_dir: str | os.PathLike, devices: list[int] | None = None) -> list[tuple[int, int, int, str]]:
-    """(device, pid, MB, name) of every live claim on `devices` (None: all), plus the processes
-    of the node's hardware state (the `hbm-held` fault), sorted by device then pid."""
+def claims(node_dir: str | os.PathLike, devices: list[int] | None = None) -> list[tuple[int, int, int, str]]:
+    """(device, pid, MB, name) of every live runtime claim on `devices` (None: all), sorted."""
     wanted = None if devices is None else {int(d) for d in devices}
     out: list[tuple[int, int, int, str]] = []
     base = _hbm_dir(node_dir)
@@ -94,6 +93,27 @@ def holders(node_dir: str | os.PathLike, devices: list[int] | None = None) -> li
                 with contextlib.suppress(OSError, ValueError):
                     mb, _, name = f.read_text().strip().partition(" ")
                     out.append((int(dev.name), int(f.name), int(mb), name))
+    return sorted(out)
+
+
+def sweep(node_dir: str | os.PathLike) -> None:
+    """Delete void claims (dead or zombie PIDs), so the tools' "no claims" fast path comes back."""
+    base = _hbm_dir(node_dir)
+    if not base.is_dir():
+        return
+    for dev in base.iterdir():
+        with contextlib.suppress(OSError):
+            for f in dev.iterdir():
+                if f.name.isdigit() and not alive(int(f.name)):
+                    with contextlib.suppress(OSError):
+                        f.unlink()
+
+
+def holders(node_dir: str | os.PathLike, devices: list[int] | None = None) -> list[tuple[int, int, int, str]]:
+    """(device, pid, MB, name) of every live claim on `devices` (None: all), plus the processes
+    of the node's hardware state (the `hbm-held` fault), sorted by device then pid."""
+    wanted = None if devices is None else {int(d) for d in devices}
+    out = claims(node_dir, devices)
     with contextlib.suppress(OSError, ValueError):
         state = json.loads((Path(node_dir) / "state.json").read_text())
         for d in state.get("devices", []):

@@ -94,13 +94,12 @@ class Frontend:
     def check_environment(self) -> int | None:
         """What the image's set_env.sh scripts provide (docker exec does not read ~/.bashrc)."""
         env = self.env
-        in_container = self.node.container_dir is not None
         if not (env.get("ASCEND_TOOLKIT_HOME") or env.get("ASCEND_HOME_PATH")):
             self._pre_error("ImportError: libhccl.so: cannot open shared object file: No such file or directory")
             return self.fail("RuntimeError: Failed to load the backend extension: torch_npu. You can disable extension "
                              "auto-loading with TORCH_DEVICE_BACKEND_AUTOLOAD=0.",
                              _top()[:1] + [(_TORCH, 2756, "_import_device_backends", "raise RuntimeError(")])
-        if in_container and not os.path.isdir("/usr/local/Ascend/driver/lib64"):
+        if not self.node.mounted("/usr/local/Ascend/driver/lib64"):
             self._pre_error("ImportError: libascend_hal.so: cannot open shared object file: No such file or directory")
             return self.fail("RuntimeError: Failed to load the backend extension: torch_npu. You can disable extension "
                              "auto-loading with TORCH_DEVICE_BACKEND_AUTOLOAD=0.",
@@ -330,7 +329,7 @@ class Frontend:
                 return self.fail(f"zmq.error.ZMQError: Cannot assign requested address (addr='{path}')",
                                  _top() + [(_UTILS, 702, "launch_core_engines",
                                             "with zmq_socket_ctx(local_handshake_address, zmq.ROUTER,")])
-            self.rdzv = Rendezvous(group["size"])
+            self.rdzv = Rendezvous(group["size"], self.check_children)
             try:
                 await self.rdzv.start(bind, port)
             except OSError:

@@ -166,7 +166,7 @@ class Server:
                 await self._send(writer, resp, keep)
                 if not keep:
                     return
-        except (HTTPError, ConnectionError, asyncio.IncompleteReadError, ValueError):
+        except (HTTPError, ConnectionError, asyncio.IncompleteReadError, ValueError, asyncio.CancelledError):
             return
         finally:
             self.writers.discard(writer)

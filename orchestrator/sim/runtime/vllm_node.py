@@ -146,14 +146,18 @@ class Node:
         return out
 
     # devices ---------------------------------------------------------------------------------
+    def _container_config(self) -> dict | None:
+        if self.container_dir is None:
+            return None
+        cfg = _read_json(self.container_dir / "config.json")
+        if isinstance(cfg, list):
+            cfg = cfg[0] if cfg else None
+        return cfg if isinstance(cfg, dict) else None
+
     def container_devices(self) -> list[int]:
         """Physical device ids the container was given (`--device /dev/davinciN`), sorted: the
         container's logical device i is the i-th of them (what ASCEND_RT_VISIBLE_DEVICES indexes)."""
-        if self.container_dir is None:
-            return sorted(self.devices)
-        cfg = _read_json(self.container_dir / "config.json")
-        if isinstance(cfg, list):
-            cfg = cfg[0] if cfg else {}
+        cfg = self._container_config()
         if cfg is None:
             return sorted(self.devices)
         found = set()
@@ -163,11 +167,39 @@ class Node:
                 found.add(int(m.group(1)))
         return sorted(found)
 
-    def hccn_conf_path(self) -> Path:
+    def container_binds(self) -> list[tuple[str, str]] | None:
+        """(source, destination) of the container's -v mounts; None without a container record."""
+        cfg = self._container_config()
+        if cfg is None:
+            return None
+        out = []
+        for b in ((cfg.get("HostConfig") or {}).get("Binds") or []):
+            parts = str(b).split(":")
+            if len(parts) >= 2:
+                out.append((parts[0], parts[1].rstrip("/") or "/"))
+        return out
+
+    def mounted(self, path: str) -> bool:
+        """Whether a container path comes from a -v mount (the path or a folder above it)."""
+        binds = self.container_binds()
+        if binds is None:
+            return True
+        path = path.rstrip("/")
+        return any(path == dst or path.startswith(dst + "/") for _src, dst in binds)
+
+    def hccn_conf_path(self) -> Path | None:
+        """The container's /etc/hccn.conf as this process can read it; None when not mounted."""
         if self.env.get("DEPLOY_SIM_HCCN_CONF"):
             return Path(self.env["DEPLOY_SIM_HCCN_CONF"])
-        if self.container_dir is not None:
-            return Path("/etc/hccn.conf")
+        binds = self.container_binds()
+        if binds is not None:
+            for src, dst in binds:
+                if dst == "/etc/hccn.conf":
+                    inside = Path("/etc/hccn.conf")
+                    if inside.exists():  # chrooted into the container's rootfs
+                        return inside
+                    return self.dir / "root" / src.lstrip("/")
+            return None
         for p in (self.dir / "root" / "etc" / "hccn.conf", self.dir / "etc" / "hccn.conf"):
             if p.exists():
                 return p
@@ -175,8 +207,11 @@ class Node:
 
     def hccn_addresses(self) -> dict[int, str] | None:
         """address_N=IP entries of the container's /etc/hccn.conf; None when the file is absent."""
+        path = self.hccn_conf_path()
+        if path is None:
+            return None
         try:
-            text = self.hccn_conf_path().read_text()
+            text = path.read_text()
         except OSError:
             return None
         out = {}

@@ -15,14 +15,14 @@ import json
 
 
 class Rendezvous:
-    def __init__(self, size: int):
+    def __init__(self, size: int, on_change=None):
         self.size = size
+        self.on_change = on_change or (lambda: None)
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.joined: dict[int, dict] = {}
         self.ready: set[int] = set()
         self.complete = False
         self.server: asyncio.base_events.Server | None = None
-        self.changed = asyncio.Event()
 
     async def start(self, host: str, port: int) -> None:
         """Bind and listen (OSError when taken)."""
@@ -75,9 +75,10 @@ class Rendezvous:
                             self._send(w, {"op": "group", "members": members})
                 elif op == "ready" and index is not None:
                     self.ready.add(index)
-                    self.changed.set()
+                    self.on_change()
                 await writer.drain()
-        except (ConnectionError, ValueError, KeyError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
+        except (ConnectionError, ValueError, KeyError, asyncio.LimitOverrunError, asyncio.IncompleteReadError,
+                asyncio.CancelledError):
             return
         finally:
             if index is not None and self.writers.get(index) is writer:
@@ -85,7 +86,6 @@ class Rendezvous:
                 if not self.complete:
                     self.joined.pop(index, None)
                 self.ready.discard(index)
-                self.changed.set()
             writer.close()
 
     def _members(self) -> list[dict]:

@@ -30,7 +30,10 @@ import time
 import traceback
 import uuid
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path.insert(0, _HERE)  # the sibling modules: DIR/runtime/ on a node, this package in tests
+if os.environ.get("DEPLOY_SIM_ROOT"):  # a copy or stub elsewhere (the image's proxy path) finds them there
+    sys.path.append(os.path.join(os.environ["DEPLOY_SIM_ROOT"], "runtime"))
 
 import vllm_http as http  # noqa: E402
 

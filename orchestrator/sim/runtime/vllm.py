@@ -32,7 +32,10 @@ import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path.insert(0, _HERE)  # the sibling modules: DIR/runtime/ on a node, this package in tests
+if os.environ.get("DEPLOY_SIM_ROOT"):  # a copy or stub elsewhere (the image's proxy path) finds them there
+    sys.path.append(os.path.join(os.environ["DEPLOY_SIM_ROOT"], "runtime"))
 
 import vllm_args  # noqa: E402
 import vllm_http as http  # noqa: E402
@@ -40,7 +43,7 @@ import vllm_openai as oai  # noqa: E402
 from vllm_node import VLLM_VERSION, Log, Node, parse_visible, plog_time, print_traceback  # noqa: E402
 from vllm_rdzv import Rendezvous  # noqa: E402
 
-ENGINE_PY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vllm_engine.py")
+ENGINE_PY = os.path.join(os.path.dirname(os.path.realpath(vllm_args.__file__)), "vllm_engine.py")
 _API = "/vllm-workspace/vllm/vllm/entrypoints/openai/api_server.py"
 _UTILS = "/vllm-workspace/vllm/vllm/v1/engine/utils.py"
 _CLIENT = "/vllm-workspace/vllm/vllm/v1/engine/core_client.py"

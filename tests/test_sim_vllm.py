@@ -256,25 +256,30 @@ def test_unknown_flag_is_rejected_like_vllm_argparse(cluster):
     assert "vllm serve: error: unrecognized arguments: --bogus-flag 1" in text
 
 
-def test_every_flag_of_the_shipped_inventories_parses():
-    """All flags deploy plans emit for inventories/*.yaml (collected by hand from `deploy plan --json`)."""
+def test_every_plan_of_the_shipped_inventories_is_accepted():
+    """What `deploy plan` emits for inventories/*.yaml parses and passes vLLM's serve-time rules (a
+    seed whose kv_connector_extra_config disagrees with its sizes would be refused here), and the
+    proxy line parses too."""
     sys.path.insert(0, str(RUNTIME))
+    import proxy as fake_proxy
     import vllm_args
-    flags = ("--api-server-count 1 --block-size 128 --compilation-config {} --cp-kv-cache-interleave-size 128 "
-             "--data-parallel-address 1.2.3.4 --data-parallel-rpc-port 1 --data-parallel-size 2 "
-             "--data-parallel-size-local 1 --decode-context-parallel-size 1 --distributed-executor-backend mp "
-             "--enable-chunked-prefill --enable-expert-parallel --enforce-eager --gpu-memory-utilization 0.9 "
-             "--headless --host 0.0.0.0 --kv-transfer-config {} --master-addr 1.2.3.4 --master-port 1 "
-             "--max-model-len 1024 --max-num-batched-tokens 1 --max-num-seqs 1 --no-enable-chunked-prefill "
-             "--no-enable-prefix-caching --node-rank 0 --nnodes 1 --port 1 --prefill-context-parallel-size 1 "
-             "--quantization ascend --seed 1 --served-model-name a b --speculative-config {} "
-             "--tensor-parallel-size 1 --trust-remote-code --async-scheduling --data-parallel-start-rank 1 "
-             "--data-parallel-rank 0 --additional-config {} --enable-auto-tool-choice --enable-prefix-caching "
-             "--no-disable-hybrid-kv-cache-manager --profiler-config {} --reasoning-parser x "
-             "--safetensors-load-strategy prefetch --tokenizer-mode x --tool-call-parser x --api-key k "
-             "--model-loader-extra-config {}").split()
-    args = vllm_args.build_parser().parse_args(vllm_args.normalize(["/m", *flags, "--max_model_len", "2048"]))
-    assert args.max_model_len == "2048" and args.served_model_name == ["a", "b"] and args.headless
+    repo = RUNTIME.parent.parent.parent
+    seen = 0
+    for inv in sorted((repo / "inventories").glob("*.yaml")):
+        out = subprocess.run([sys.executable, "-m", "orchestrator", "plan", str(inv), "--json"], cwd=repo,
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(repo)})
+        assert out.returncode == 0, out.stderr
+        plan = json.loads(out.stdout)
+        for rank in plan["ranks"]:
+            assert rank["argv"][:2] == ["vllm", "serve"]
+            args = vllm_args.build_parser().parse_args(vllm_args.normalize(rank["argv"][2:]))
+            vllm_args.resolve(args, {})
+            seen += 1
+        if plan.get("proxy"):
+            argv = plan["proxy"]["argv"]
+            layerwise = "layerwise" in argv[1]
+            assert not isinstance(fake_proxy.parse_args(argv[2:], layerwise, fake_proxy.Log("t")), int)
+    assert seen >= 10
 
 
 @pytest.mark.parametrize("argv, line", [
@@ -669,6 +674,14 @@ def test_fault_crash_after_seconds(cluster):
     assert p.wait() == 1
     wait_gone(group_pids(p.pid))
     assert not n.holders()
+
+
+def test_fault_slow_start_adds_to_the_load_time(cluster):
+    n = cluster.node("n0", 1, startup_s=0.2)
+    n.set_faults("slow-start:1.5")
+    p = cluster.vllm(n, "--port", "7100")
+    wait_healthy(n.address, 7100)
+    assert "Loading weights took 1.70 seconds" in p.text()
 
 
 def test_fault_never_ready_times_out(cluster):

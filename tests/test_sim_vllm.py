@@ -495,6 +495,18 @@ def test_external_dp_group_nobody_healthy_until_all_joined(cluster):
     assert [d for d, *_ in a.holders()] == [0] and [d for d, *_ in b.holders()] == [1]
 
 
+def test_a_rank_restarted_alone_cannot_rejoin_its_formed_group(cluster):
+    a, b = cluster.node("d0", 1), cluster.node("d1", 2, time_factor=0.003)
+    _ext_rank(cluster, a, 0, 2, a, 7100, 13000)
+    r1 = _ext_rank(cluster, b, 1, 2, a, 7101, 13000)
+    wait_healthy(b.address, 7101)
+    r1.kill_group()
+    again = _ext_rank(cluster, b, 1, 2, a, 7101, 13000)
+    assert again.wait(timeout=15) == 1
+    assert "TimeoutError: Timed out waiting for engine core processes to start." in again.text()
+    assert "Starting vLLM API server" not in again.text()
+
+
 def test_missing_rank_hangs_then_front_end_times_out_and_engine_keeps_running(cluster):
     a = cluster.node("d0", 1, time_factor=0.002)
     r0 = _ext_rank(cluster, a, 0, 2, a, 7100, 13000, VLLM_ENGINE_READY_TIMEOUT_S="600")

@@ -5,7 +5,9 @@ rank 0, the internal-LB master, nnodes node-rank 0) binds on --data-parallel-add
 Like vLLM's wait_for_engine_startup (vllm/v1/engine/utils.py): every engine core says HELLO and
 gets an init reply at once; then it joins the DP group, and the group forms only when every
 member has joined (the gloo/TCPStore barrier), so no rank can get READY before the whole group is
-there; the front end is ready when every member reported READY. Members exchange what the HCCL-like
+there; the front end is ready when every member reported READY. A formed group admits no new
+member: a rank restarted alone waits (until its own ready timeout), as a real DP group cannot
+take a replacement. Members exchange what the HCCL-like
 checks need (devices, TLS, IPs, socket env) in the group message. JSON lines, bounded.
 """
 from __future__ import annotations
@@ -65,10 +67,12 @@ class Rendezvous:
                     self.writers[index] = writer
                     self._send(writer, {"op": "init"})
                 elif op == "join" and index is not None:
-                    self.joined[index] = msg["info"]
                     if self.complete:
-                        self._send(writer, {"op": "group", "members": self._members()})
-                    elif len(self.joined) == self.size:
+                        # a rank restarted alone cannot rejoin a formed DP group: it waits
+                        # (restart the whole group, vllm#32136)
+                        continue
+                    self.joined[index] = msg["info"]
+                    if len(self.joined) == self.size:
                         self.complete = True
                         members = self._members()
                         for w in self.writers.values():

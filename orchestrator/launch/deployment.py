@@ -80,3 +80,18 @@ def deployment_ports(plan: Plan, node: str) -> set[int]:
     if plan.proxy is not None and plan.proxy.node == node:
         ports.add(plan.proxy.port)
     return ports
+
+
+def api_key(plan: Plan) -> str | None:
+    """The key the smoke request must send when the ranks enforce one (`--api-key` in their
+    flags, else `VLLM_API_KEY` in their environment); vLLM checks it on the /v1 routes."""
+    for r in plan.ranks:
+        if r.port is None:
+            continue
+        if "--api-key" in r.argv:
+            i = r.argv.index("--api-key")
+            if i + 1 < len(r.argv):
+                return r.argv[i + 1]
+        if r.env.get("VLLM_API_KEY"):
+            return r.env["VLLM_API_KEY"]
+    return None

@@ -21,7 +21,7 @@ from ..checks.parsers import npu_info
 from ..plan import ContainerPlan, Plan
 from ..transport import Cluster
 from . import http, nodeside
-from .deployment import RankRef, by_group, http_ranks, launch_waves, rank_refs, smoke_target
+from .deployment import RankRef, api_key, by_group, http_ranks, launch_waves, rank_refs, smoke_target
 from .ledger import Ledger, RankEntry
 from .progress import Progress
 from .steps import Cause, Kind, NodeResult, Runner, StepReport, from_outcome
@@ -79,7 +79,7 @@ class Up:
         if not connect.ok:
             return result
         self.keep = await self._healthy_groups()
-        if self.keep >= set(self.groups) and await self._proxy_healthy():
+        if self.keep >= set(self.groups) and self.ledger.state == "serving" and await self._proxy_healthy():
             result.ok = result.nothing_to_do = True
             result.endpoint = self._endpoint()
             self.progress.say("already serving: every rank is healthy and the proxy answers; nothing changed")
@@ -564,7 +564,8 @@ class Up:
         node, ip, port = smoke_target(self.plan)
         t0 = time.monotonic()
         self.progress.step_started(Kind.SMOKE, f"smoke: one completion through {ip}:{port}", [node])
-        r = await completion(self.cluster, node, ip, port, self.inv.model.served, timeout=SMOKE_TIMEOUT)
+        r = await completion(self.cluster, node, ip, port, self.inv.model.served, timeout=SMOKE_TIMEOUT,
+                             key=api_key(self.plan))
         text = ""
         if r.ok:
             try:
@@ -577,23 +578,28 @@ class Up:
                                        time.monotonic() - t0))
             return True
         what = r.describe() + (f", body {r.text()[:300]!r}" if r.status else "")
+        fix = ("the proxy does not check its backends: deploy status INVENTORY shows which rank is down"
+               if self.plan.proxy is not None else "deploy status INVENTORY; read the API rank's log")
+        if r.status == 401:
+            fix = "the ranks want an API key: set args.api-key (or env VLLM_API_KEY) so deploy can send it"
         self.runner.add(StepReport(Kind.SMOKE, "smoke", {node: NodeResult(
-            node, Cause.FAILED, f"completion through {ip}:{port} failed: {what}",
-            "the proxy does not check its backends: deploy status INVENTORY shows which rank is down")},
+            node, Cause.FAILED, f"completion through {ip}:{port} failed: {what}", fix)},
             time.monotonic() - t0))
         return False
 
 
 async def completion(cluster: Cluster, node: str, ip: str, port: int, model: str, *, prompt: str = "Hello",
-                     max_tokens: int = 16, timeout: float = 60.0, chat: bool = False) -> http.Response:
+                     max_tokens: int = 16, timeout: float = 60.0, chat: bool = False,
+                     key: str | None = None) -> http.Response:
     if chat:
         body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
         path = "/v1/chat/completions"
     else:
         body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
         path = "/v1/completions"
+    headers = {"Authorization": f"Bearer {key}"} if key else None
     return await http.request(lambda h, p: cluster.open_tcp(node, h, p), ip, port, "POST", path, body,
-                              timeout=timeout)
+                              timeout=timeout, headers=headers)
 
 
 def container_drift(current: dict, spec: ContainerPlan) -> list[str]:

@@ -72,6 +72,23 @@ def _put(path: Path, text: str, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
+def model_host_path(model_path: str, mounts: list[str]) -> str:
+    """Where the weights must lie on the node so that `model_path` exists inside the container:
+    through the inventory mount with the longest destination above it (docker's -v SRC:DST)."""
+    best = None
+    for m in mounts or []:
+        parts = str(m).split(":")
+        if len(parts) < 2:
+            continue
+        src, dst = parts[0], parts[1].rstrip("/") or "/"
+        if (model_path == dst or model_path.startswith(dst.rstrip("/") + "/")) and (best is None or len(dst) > len(best[1])):
+            best = (src, dst)
+    if best is None:
+        return model_path
+    src, dst = best
+    return src.rstrip("/") + "/" + model_path[len(dst):].lstrip("/") if model_path != dst else src
+
+
 def provision(root: Path, node: str, model_path: str | None, driver_version: str) -> Path:
     """Create the node's host view; returns DIR/nodes/<node>/root."""
     ndir, base, tools = node_dir(root, node), node_root(root, node), bin_dir(root)

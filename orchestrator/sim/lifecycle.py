@@ -223,7 +223,11 @@ def _provision_nodes(root: Path, user: str, raw: dict, names: list[str], *, star
     image = (raw.get("container") or {}).get("image")
     install_runtime(root, [image] if image else [])
     pw = pwd.getpwnam(user)
+    from .hostview import model_host_path
+
     model = (raw.get("model") or {}).get("path")
+    if model:  # the host folder the container's model path is mounted from
+        model = model_host_path(model, (raw.get("container") or {}).get("mounts") or [])
     for name in names:
         ndir = node_dir(root, name)
         provision(root, name, model, load_state(ndir).driver_version)

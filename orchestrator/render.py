@@ -12,11 +12,37 @@ from .nodepaths import script_name
 from .playbooks import read
 from .plan import Plan, Rank
 
-_REF = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
+_REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_COMMENT_SAFE = re.compile(r"^[^\x00-\x1f\x7f]*$")
+
+
+class Unquotable(Exception):
+    """A programming error: validation let through something a script cannot hold safely."""
+
+
+def _quotable(value: str) -> str:
+    if not isinstance(value, str) or "\x00" in value:
+        raise Unquotable(f"cannot quote {value!r:.60} for sh")
+    return value
+
+
+def comment_text(text: str) -> str:
+    """Text for a `#` line: one line, no control characters (a newline would end the comment)."""
+    if not _COMMENT_SAFE.match(text):
+        raise Unquotable(f"cannot put {text!r:.60} in a script comment")
+    return text
+
+
+def env_name(name: str) -> str:
+    if not isinstance(name, str) or not _ENV_NAME.match(name):
+        raise Unquotable(f"not an environment variable name: {name!r:.60}")
+    return name
 
 
 def shell_value(value: str) -> str:
     """Quote for sh, keeping only `$NAME`/`${NAME}` live: nothing else is ever interpreted."""
+    _quotable(value)
     parts, pos = [], 0
     for m in _REF.finditer(value):
         if m.start() > pos:
@@ -30,6 +56,8 @@ def shell_value(value: str) -> str:
 
 def _command_lines(argv: list[str]) -> str:
     """`vllm serve MODEL` then one flag (with its value) per line, like the seeds' scripts."""
+    for a in argv:
+        _quotable(a)
     head, rest = argv[:3], argv[3:]
     lines = [shlex.join(head)]
     i = 0
@@ -62,16 +90,17 @@ def describe(rank: Rank) -> str:
 
 
 def rank_script(plan: Plan, rank: Rank) -> str:
-    exports = "\n".join(f"export {k}={shell_value(v)}" for k, v in rank.env.items())
+    exports = "\n".join(f"export {env_name(k)}={shell_value(v)}" for k, v in rank.env.items())
     return Template(read("launch_rank.sh")).substitute(
-        name=plan.name, what=describe(rank), node=rank.node, exports=exports,
+        name=comment_text(plan.name), what=comment_text(describe(rank)),
+        node=comment_text(rank.node), exports=exports,
         command=_command_lines(rank.argv))
 
 
 def rank_scripts(plan: Plan, node: str) -> str:
     out = []
     for rank in plan.ranks_on(node):
-        out.append(f"# ==== {script_name(rank)}\n" + rank_script(plan, rank))
+        out.append(f"# ==== {comment_text(script_name(rank))}\n" + rank_script(plan, rank))
     return "\n".join(out)
 
 

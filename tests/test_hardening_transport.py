@@ -182,13 +182,6 @@ def test_sudo_refused_could_not_run(farm):
     assert o.cause is Cause.COULD_NOT_RUN and o.reason.startswith("sudo refused")
 
 
-def _measure(p: subprocess.Popen) -> tuple[str, str, int, int]:
-    """stdout, stderr, exit code and peak RSS (MiB) of the CLI process itself."""
-    out, err = p.communicate(timeout=300)
-    # communicate() reaps the child; its rusage is in RUSAGE_CHILDREN only cumulatively, so the
-    # CLI reports nothing itself: read the peak from the kernel through wait4 on a wrapper.
-    return out, err, p.returncode, 0
-
 
 def test_50mb_of_output_keeps_memory_and_logs_bounded(farm, tmp_path):
     farm.add("d0")

@@ -854,7 +854,8 @@ class Cluster:
 
     def _finished(self, node: str, proc, out: _Capture, err: _Capture,
                   timeout: float | None) -> Outcome:
-        where = f"{self.log_dir / (node + '.log')}" if self.log_dir else "the node log"
+        where = (f"{self.log_dir / (node + '.log')}" if self.log_dir
+                 else "no log (the run has no log folder)")
         stdout, stderr = out.text(where), err.text(where)
         omitted = out.omitted + err.omitted
         if proc.exit_status is None and proc.exit_signal is None:

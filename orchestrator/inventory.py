@@ -44,7 +44,23 @@ MAX_PARALLEL = 4096
 
 # Names that become file names, log paths, script lines and container names: validated here,
 # where they enter (docs/limits.md). Length-bounded so they also fit a Linux file name.
-Name = Annotated[str, StringConstraints(pattern=NAME_RE)]
+def _no_dotdot(v: str) -> str:
+    if ".." in v:
+        raise ValueError(f"{excerpt(v)}: '..' is not allowed in a name (it names files)")
+    return v
+
+
+def _argument(v: str) -> str:
+    """A value passed as one argv token after a command (docker's IMAGE, vllm's MODEL): a
+    leading `-` would be read as an option, a control character breaks every log line."""
+    if not v or v.startswith("-") or re.search(r"[\x00-\x1f\x7f]", v):
+        raise ValueError(f"{excerpt(v)} must be non-empty, not start with '-' and have no "
+                         "control characters")
+    return v
+
+
+Name = Annotated[str, StringConstraints(pattern=NAME_RE), AfterValidator(_no_dotdot)]
+Argument = Annotated[str, AfterValidator(_argument)]
 EnvName = Annotated[str, StringConstraints(pattern=ENV_RE, max_length=255)]
 FlagName = Annotated[str, StringConstraints(pattern=FLAG_RE, max_length=128)]
 Scalar = str | int | float | bool
@@ -162,10 +178,10 @@ class Node(Strict):
 
 
 class Container(Strict):
-    image: str
+    image: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$", max_length=512)
     name: Name | None = None
-    shm_size: str = "1g"
-    mounts: list[str] = Field(default_factory=list)
+    shm_size: str = Field(default="1g", pattern=r"^[0-9]+[bkmgBKMG]?$", max_length=20)
+    mounts: list[Argument] = Field(default_factory=list)
     env: dict[EnvName, Scalar] = Field(default_factory=dict)
     privileged: bool = False
 
@@ -173,8 +189,8 @@ class Container(Strict):
 
 
 class Model(Strict):
-    path: str
-    served_name: str | None = None
+    path: Argument
+    served_name: Argument | None = None
 
     @property
     def served(self) -> str:
@@ -238,7 +254,7 @@ class Group(Strict):
 class Proxy(Strict):
     node: str
     port: int = Field(default=1999, ge=1, le=65535)
-    script: str | None = None  # None: the upstream example matching the connector
+    script: Argument | None = None  # None: the upstream example matching the connector
     args: dict[FlagName, JsonData] = Field(default_factory=dict)
 
 
@@ -249,7 +265,7 @@ class Readiness(Strict):
 
 
 class Inventory(Strict):
-    name: str = Field(pattern=r"^[a-z0-9-]+$")
+    name: str = Field(pattern=r"^[a-z0-9-]+$", max_length=63)
     soc: Literal["a2", "a3"]
     ssh: SSH = Field(default_factory=SSH)
     nodes: dict[Name, Node] = Field(min_length=1)
@@ -368,6 +384,8 @@ def _spelled_env(data: Any, path: tuple, raw: dict) -> None:
     `1.50`), which is what a person writing `KEY: value` means for a shell variable."""
     if isinstance(data, dict):
         for key, value in data.items():
+            if key in ("args", "extra", "config", "kv_extra"):
+                continue  # JSON data for vLLM: keep its types
             if key == "env" and isinstance(value, dict):
                 for name, v in value.items():
                     if isinstance(v, (bool, int, float)):

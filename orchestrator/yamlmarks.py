@@ -159,8 +159,6 @@ class _Walker:
         if not isinstance(key_node, yaml.ScalarNode):
             self._problem(path, key_node, "a mapping key must be a plain scalar")
             return None
-        if key_node.tag == f"{_TAG}str":
-            return key_node.value
         return key_node.value  # 1, on, ~: the key as written, never a Python repr
 
     def _merged(self, value_node: yaml.Node, path: Path) -> list[yaml.MappingNode]:

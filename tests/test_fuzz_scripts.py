@@ -81,8 +81,9 @@ def inject(data: dict, value: str) -> dict:
     data["env"] = {**data.get("env", {}), "INJECTED": value, "TAIL": f"x{value}y"}
     data["args"] = {**data.get("args", {}), "injected-flag": value,
                     "additional-config": {"k": value}}
-    data["model"]["path"] = "/weights/" + value
-    data["model"]["served_name"] = value
+    printable = "".join(c for c in value if c >= " " and c != "\x7f")  # argv tokens: no controls
+    data["model"]["path"] = "/weights/" + printable
+    data["model"]["served_name"] = "m" + printable
     for g in data["groups"]:
         g.setdefault("env", {})["G_INJECTED"] = value
         g["engine_id"] = f"e{value}{g['name']}"

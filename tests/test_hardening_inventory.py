@@ -287,3 +287,21 @@ def test_json_prints_one_object_on_inventory_error(tmp_path):
     [p] = doc["problems"]
     assert (p["file"], p["line"], p["field"]) == (path, 9, "groups[0].dp")
     assert "warnings" in doc
+
+
+@pytest.mark.parametrize("old,new,field", [
+    ("{image: img}", "{image: --privileged}", "container.image"),
+    ("{image: img}", "{image: 'img; rm'}", "container.image"),
+    ("{image: img}", "{image: img, shm_size: '1g --privileged'}", "container.shm_size"),
+    ("{image: img}", "{image: img, mounts: ['-v/:/host']}", "container.mounts[0]"),
+    ("{path: /m}", "{path: --trust-remote-code}", "model.path"),
+    ("{path: /m}", "{path: /m, served_name: \"a\\nb\"}", "model.served_name"),
+    ("name: t\n", "name: " + "t" * 64 + "\n", "name"),
+])
+def test_argv_values_cannot_become_options(tmp_path, old, new, field):
+    refused(tmp_path, edit(old, new), field)
+
+
+def test_dot_dot_in_a_node_name_is_refused(tmp_path):
+    text = edit("  n1: {host", "  a..b: {host")
+    refused(tmp_path, edit("nodes: [n0, n1]", "nodes: [n0, a..b]", text), "nodes", "'..'")

@@ -305,3 +305,11 @@ def test_argv_values_cannot_become_options(tmp_path, old, new, field):
 def test_dot_dot_in_a_node_name_is_refused(tmp_path):
     text = edit("  n1: {host", "  a..b: {host")
     refused(tmp_path, edit("nodes: [n0, n1]", "nodes: [n0, a..b]", text), "nodes", "'..'")
+
+
+@pytest.mark.parametrize("args", [["--script", "nope"], ["--bogus"]])
+def test_json_prints_one_object_on_usage_error(tmp_path, args):
+    r, _ = plan(tmp_path, BASE, "--json", *args)
+    assert r.exit_code == 2
+    doc = json.loads(r.stdout)
+    assert doc["ok"] is False and doc["exit_code"] == 2 and doc["error"]

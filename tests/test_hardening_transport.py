@@ -310,3 +310,35 @@ def test_local_paths_stay_in_their_folder(tmp_path):
     for bad in ("../x", "a/b", "..", ".", "", ".hidden", "x\0y"):
         with pytest.raises(ValueError):
             inside(tmp_path, bad, ".log")
+
+
+@pytest.mark.parametrize("mode", ["openssh", "embedded"])
+def test_interrupt_against_the_simulator_leaves_nothing_on_the_node(tmp_path, mode):
+    """`deploy sim` nodes (real sshd when present): the kill goes through the node's own sshd."""
+    if mode == "openssh" and not Path("/usr/sbin/sshd").exists():
+        pytest.skip("needs OpenSSH's sshd")
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="h8-int-", dir="/tmp"))
+    work.chmod(0o755)
+    root = work / "sim"
+    env = {"DEPLOY_STATE_DIR": str(tmp_path / "state")}
+    up = cli("sim", "up", "--nodes", "2", "--soc", "a2", "--dir", str(root), "--sshd", mode, env=env)
+    out, err = up.communicate(timeout=120)
+    assert up.returncode == 0, err
+    inventory = out.strip().splitlines()[-1]
+    marker = f"{os.getpid() % 1000}.9191"
+    try:
+        p = cli("exec", inventory, "--", "sh", "-c", f"sleep {marker} & sleep {marker}", env=env)
+        assert wait_for(lambda: len(live(f"sleep {marker}")) == 4), live(f"sleep {marker}")
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 130, err
+        assert wait_for(lambda: not live(f"sleep {marker}"), 10), "left running on the node"
+    finally:
+        down = cli("sim", "down", "--dir", str(root), env=env)
+        down.communicate(timeout=120)
+        for pid in live(f"sleep {marker}"):
+            os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)

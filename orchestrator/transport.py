@@ -739,16 +739,19 @@ class Cluster:
         return shlex.join(["sudo", "-n", *argv] if self.inv.ssh.sudo else argv), token
 
     async def run(self, node: str, argv: list[str], *, timeout: float | None = None,
-                  input: str | None = None) -> Outcome:
+                  input: str | None = None, capture: tuple[int, int] | None = None) -> Outcome:
+        """`capture`: (head, tail) bytes kept per stream, for callers that parse all of a
+        command's output (default: the cluster's)."""
         stdin = None if input is None else f"({len(input)} bytes on stdin)"
         command, token = self._command(argv, timeout)
-        return await self._exec(node, command, input, timeout, stdin, token=token)
+        return await self._exec(node, command, input, timeout, stdin, token=token, capture=capture)
 
-    async def run_script(self, node: str, script: str, *, timeout: float | None = None
-                         ) -> Outcome:
+    async def run_script(self, node: str, script: str, *, timeout: float | None = None,
+                         capture: tuple[int, int] | None = None) -> Outcome:
         """A POSIX sh script on stdin: many node-side steps for one channel and one round trip."""
         command, token = self._command(["sh", "-s"], timeout)
-        return await self._exec(node, command, script, timeout, script, token=token)
+        return await self._exec(node, command, script, timeout, script, token=token,
+                                capture=capture)
 
     async def run_all(self, argv_or_fn: list[str] | Callable[[str], list[str]],
                       nodes: list[str] | None = None, timeout: float | None = None, *,
@@ -791,7 +794,7 @@ class Cluster:
 
     async def _exec(self, node: str, command: str, data: bytes | str | None,
                     timeout: float | None, stdin_note: str | None, *, token: str | None = None,
-                    kill: bool = False) -> Outcome:
+                    kill: bool = False, capture: tuple[int, int] | None = None) -> Outcome:
         if self.interrupted and not kill:
             return self._interrupted(node)
         conn = await self._connection(node)
@@ -801,8 +804,8 @@ class Cluster:
         async with self._channels[node]:
             started = time.monotonic()
             cid = log.begin(command, stdin_note)
-            out = _Capture(*self.capture)
-            err = _Capture(*self.capture)
+            out = _Capture(*(capture or self.capture))
+            err = _Capture(*(capture or self.capture))
             proc = None
             try:
                 if token:

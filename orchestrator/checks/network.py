@@ -20,6 +20,9 @@ BUSY_RETRIES = 5
 PING_PARALLEL = 4  # concurrent pings per node (hccn_tool answers busy beyond a few)
 COLLECT_TIMEOUT = 300.0
 PING_TIMEOUT = 600.0
+# Collection and ping output is parsed whole: keep up to 32 MiB of it per node (a 64-node A3
+# decode group pings ~1000 pairs from each node, ~0.4 MB), not the cluster's head and tail.
+PARSED_CAPTURE = (32 << 20, 0)
 
 Progress = Callable[[str], None]
 
@@ -95,6 +98,10 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
     results: list[Ping] = []
     for pair in pairs:
         kind, addr = ping_target(soc, facts[pair.src], facts[pair.dst], pair, (pair.src, pair.dst) in roce_only)
+        if addr is not None and not _plain_ip(addr):  # node-reported text goes through `eval`
+            results.append(Ping(pair.src, pair.src_device, pair.dst, pair.dst_device, kind, "", False,
+                                f"{pair.dst} dev {pair.dst_device} reports {addr!r:.40}, not an IPv4 address"))
+            continue
         if addr is None:
             results.append(Ping(pair.src, pair.src_device, pair.dst, pair.dst_device, kind, "", False,
                                 f"{pair.dst} dev {pair.dst_device} has no {'vNIC ' if kind == 'hccs_ping' else ''}IP to ping"))
@@ -105,7 +112,7 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
         items = jobs[node]
         lines = "\n".join(f"{p.src_device} {kind} {addr} {i}" for i, (p, kind, addr) in enumerate(items))
         script = node_script("network_ping.sh", PAIRS=lines, PARALLEL=PING_PARALLEL)
-        outcome = await cluster.run_script(node, script, timeout=PING_TIMEOUT)
+        outcome = await cluster.run_script(node, script, timeout=PING_TIMEOUT, capture=PARSED_CAPTURE)
         if outcome.cause is Cause.UNREACHABLE:
             lost[node] = outcome.reason
             return []
@@ -128,6 +135,15 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
     for chunk in (await cluster.each(list(jobs), one)).values():
         results.extend(chunk)
     return [p for p in results if p.src not in lost]
+
+
+def _plain_ip(addr: str) -> bool:
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Address(addr)) == addr
+    except ValueError:
+        return False
 
 
 def _unsupported_hccs(pings: list[Ping]) -> set[tuple[str, str]]:
@@ -164,7 +180,7 @@ async def collect(cluster: Cluster, plan: Plan, nodes: list[str]
 
     async def one(node: str) -> Outcome:
         return await cluster.run_script(node, collect_script(soc, plan.devices_used(node)),
-                                        timeout=COLLECT_TIMEOUT)
+                                        timeout=COLLECT_TIMEOUT, capture=PARSED_CAPTURE)
 
     facts, unreachable, broken = {}, {}, {}
     results = await cluster.each([n for n in nodes if n not in cluster.unreachable], one)

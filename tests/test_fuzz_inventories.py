@@ -117,3 +117,22 @@ def test_mangled_yaml_text_plans_or_exits_2(tmp_path_factory, data):
         snippet = data.draw(st.sampled_from(SNIPPETS) | SHELL)
         text = text[:at] + snippet + text[at:]
     check(tmp_path_factory.mktemp("t"), text)
+
+
+SELECTOR = st.text(alphabet=st.sampled_from(list("dnp0123456789[]-,*?:!role group decode")),
+                   max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(selector=SELECTOR)
+def test_any_selector_selects_or_says_why(selector):
+    from orchestrator.inventory import load_inventory
+    from orchestrator.nodeset import SelectorError, select_nodes
+
+    inv = load_inventory(EXAMPLES[0])
+    try:
+        chosen = select_nodes(inv, selector)
+    except SelectorError as e:
+        assert str(e)
+    else:
+        assert set(chosen) <= set(inv.nodes)

@@ -99,12 +99,13 @@ def test_second_ctrl_c_exits_at_once(farm, tmp_path):
         p.send_signal(signal.SIGINT)
         assert wait_for(lambda: live(f"sleep {marker}9"))
         p.send_signal(signal.SIGINT)
-        p.communicate(timeout=20)
+        _, err = p.communicate(timeout=20)
     finally:
         os.environ["PATH"] = os.environ["PATH"].split(":", 1)[1]
         for pid in live(f"sleep {marker}"):
             os.kill(pid, signal.SIGKILL)
     assert p.returncode == 130
+    assert "interrupted again: exiting now" in err  # not the first interrupt's slow exit
 
 
 def test_silent_node_does_not_hold_back_the_others(farm):
@@ -342,3 +343,21 @@ def test_interrupt_against_the_simulator_leaves_nothing_on_the_node(tmp_path, mo
         for pid in live(f"sleep {marker}"):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_keep_head_and_tail_are_configurable(farm, tmp_path):
+    from click.testing import CliRunner
+
+    from orchestrator.commands.exec import command as exec_command
+
+    farm.add("d0")
+    inv = farm.write_inventory(tmp_path / "inv.yaml")
+    r = CliRunner().invoke(exec_command, [str(inv), "--json", "--keep-head", "10", "--keep-tail",
+                                          "5", "--", "printf", "0123456789abcdefghijKLMNO"])
+    assert r.exit_code == 0, r.output
+    node = json.loads(r.stdout)["nodes"]["d0"]
+    head, marker, tail = node["stdout"].split("\n")
+    assert (head, tail) == ("0123456789", "KLMNO") and "10 bytes omitted" in marker
+    assert node["omitted_bytes"] == 10
+    [log] = list((tmp_path / "state").glob("farm/runs/*/d0.log"))
+    assert b"0123456789abcdefghijKLMNO" in log.read_bytes()  # all of it in the log

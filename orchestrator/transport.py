@@ -159,7 +159,7 @@ class HostKeys:
     def __init__(self, path: str, mode: str, ssh_configs: Sequence[Path]):
         self.path = Path(path).expanduser().absolute()
         self.mode = mode
-        text = self.path.read_text() if self.path.is_file() else ""
+        text = (self.path.read_text(errors="replace") if self.path.is_file() else "")
         self.known = asyncssh.import_known_hosts(text)
         self.hashed = _hash_known_hosts(ssh_configs)
 

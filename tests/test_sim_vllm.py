@@ -273,7 +273,7 @@ def test_every_plan_of_the_shipped_inventories_is_accepted():
         for rank in plan["ranks"]:
             assert rank["argv"][:2] == ["vllm", "serve"]
             args = vllm_args.build_parser().parse_args(vllm_args.normalize(rank["argv"][2:]))
-            vllm_args.resolve(args, {})
+            vllm_args.resolve(args, rank["env"])  # the env-driven DP reads its place from there
             seen += 1
         if plan.get("proxy"):
             argv = plan["proxy"]["argv"]

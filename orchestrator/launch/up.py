@@ -242,9 +242,11 @@ class Up:
         t0 = time.monotonic()
         self.progress.step_started(Kind.RANKTABLE, "P/D rank table from live device IPs", self.nodes)
         if self.facts is None:
-            self.facts, lost = await collect(self.cluster, self.plan, self.nodes)
+            self.facts, lost, broken = await collect(self.cluster, self.plan, self.nodes)
             for n, reason in lost.items():
                 self.runner.failed.setdefault(n, NodeResult(n, Cause.UNREACHABLE, reason))
+            for n, o in broken.items():
+                self.runner.failed.setdefault(n, NodeResult(n, Cause.COULD_NOT_RUN, f"NPU facts: {o.reason}"))
         table = build_table(self.plan, self.facts, "pd")
         problems = validate_table(self.plan, table, self.facts)
         results = {n: NodeResult(n, Cause.OK, "devices in the table") for n in self.nodes}

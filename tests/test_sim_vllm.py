@@ -307,6 +307,16 @@ def test_vllm_rejections_with_the_real_messages(cluster, argv, line):
     assert not n.holders()
 
 
+def test_mooncake_prefill_tp_below_decode_tp_fails_in_the_engine(cluster):
+    n = cluster.node("n0", 1)
+    q = cluster.vllm(n, "--port", "7101", "-tp", "2", "--kv-transfer-config",
+                     kv("kv_consumer", 30100, "1", p=(1, 1), d=(1, 2)))
+    assert q.wait() == 1
+    assert "ValueError: prefill_tp_size: 1 must be greater than or equal to the decode_tp_size: 2" in q.text()
+    assert "RuntimeError: Engine core initialization failed." in q.text()
+    assert not n.holders()
+
+
 def test_visible_devices_the_container_lacks(cluster, tmp_path):
     n = cluster.node("n0", 1)
     container = tmp_path / "containers" / "vllm-x"

@@ -283,6 +283,18 @@ class Frontend:
             out.append([side + idx, tp_rank, pp_rank, pcp_rank])
         return out
 
+    def pd_tp(self) -> dict:
+        """prefill/decode tp_size of a Mooncake P2P connector's extra config (its worker checks them)."""
+        cfg = self.cfg
+        assert cfg is not None
+        connector = str((cfg.kv or {}).get("kv_connector", ""))
+        if "Mooncake" not in connector or "Layerwise" in connector:
+            return {}
+        p, d = cfg.extra("prefill") or {}, cfg.extra("decode") or {}
+        if isinstance(p, dict) and isinstance(d, dict) and "tp_size" in p and "tp_size" in d:
+            return {"prefill_tp": p["tp_size"], "decode_tp": d["tp_size"]}
+        return {}
+
     def spawn_engines(self, group: dict | None) -> None:
         cfg = self.cfg
         assert cfg is not None
@@ -306,7 +318,7 @@ class Frontend:
                     if "slow-start" in faults else 0.0,
                     "never_ready": "never-ready" in faults, "crash_at_start": "crash-at-start" in faults,
                     "kv_ports": self.kv_ports(dp_rank, lo, hi), "engine_id": str((cfg.kv or {}).get("engine_id", "")),
-                    "gloo_port": gloo_port}
+                    "gloo_port": gloo_port, **self.pd_tp()}
             r, w = os.pipe()
             env_i = dict(env, DEPLOY_SIM_ENGINE_SPEC=json.dumps(spec), DEPLOY_SIM_STATUS_FD=str(w))
             proc = subprocess.Popen([sys.executable, ENGINE_PY], env=env_i, pass_fds=[w], stdin=subprocess.DEVNULL)

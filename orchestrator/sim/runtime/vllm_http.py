@@ -154,6 +154,8 @@ class Server:
                     raise HTTPError("bad request line")
                 method, target, version = parts
                 headers = _parse_headers(lines[1:])
+                if headers.get("expect", "").lower() == "100-continue":  # curl, for bodies over 1 KiB
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = await _read_body(reader, headers)
                 try:
                     resp = await self.handler(Request(method, target, headers, body))

@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from test_sim_vllm import PROXY, cluster, http_get, http_post, kv, refused, wait_healthy  # noqa: F401
+from test_sim_vllm import PROXY, http_get, http_post, kv, refused, wait_healthy
+from test_sim_vllm import cluster  # noqa: F401  (the fixture)
 
 
 def _wait_listening(host: str, port: int, timeout: float = 10.0) -> None:

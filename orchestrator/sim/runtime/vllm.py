@@ -85,6 +85,9 @@ class Frontend:
         self.stop = None  # asyncio.Event
         self.exit_code = 0
         self.cfg: vllm_args.ServeConfig | None = None
+        self.devices: list[list[int]] = []
+        self.listen_host = "0.0.0.0"
+        self.metrics: oai.Metrics | None = None
 
     # start-up checks -------------------------------------------------------------------------
     def fail(self, last: str, frames: list | None = None, lines: list[str] | None = None) -> int:
@@ -170,8 +173,8 @@ class Frontend:
             ids = logical[i * per:(i + 1) * per]
             if len(ids) < per:
                 return [], self.engine_init_failed(
-                    f"RuntimeError: Initialize:build/CMakeFiles/torch_npu.dir/compiler_depend.ts:217 NPU function "
-                    f"error: c10_npu::SetDevice(device_id_), error code is 107001",
+                    "RuntimeError: Initialize:build/CMakeFiles/torch_npu.dir/compiler_depend.ts:217 NPU function "
+                    "error: c10_npu::SetDevice(device_id_), error code is 107001",
                     [f"EE1001: [PID: {self.pid}] {plog_time()} The argument is invalid.Reason: rtSetDevice execute "
                      f"failed, reason=[device id error][FUNC:FuncErrorReason] (local world size {per * count} > "
                      f"visible device count {len(logical)})"])
@@ -314,8 +317,7 @@ class Frontend:
             gloo_port = self.args.master_port if cfg.nnodes > 1 else 29500
             spec = {"name": name, "title": title, "index": index, "devices": devs, "group": group,
                     "util": self.args.gpu_memory_utilization, "time_factor": self.tf,
-                    "startup_s": self.node.startup_s, "slow_s": float(faults.get("slow-start") or 0)
-                    if "slow-start" in faults else 0.0,
+                    "startup_s": self.node.startup_s, "slow_s": float(faults.get("slow-start") or 0),
                     "never_ready": "never-ready" in faults, "crash_at_start": "crash-at-start" in faults,
                     "kv_ports": self.kv_ports(dp_rank, lo, hi), "engine_id": str((cfg.kv or {}).get("engine_id", "")),
                     "gloo_port": gloo_port, **self.pd_tp()}
@@ -583,7 +585,7 @@ class Frontend:
             return http.Response(503 if self.dead else 200, b"", None)
         if path == "/version":
             return http.json_response({"version": VLLM_VERSION})
-        if path == "/metrics":
+        if path == "/metrics" and self.metrics is not None:
             return http.Response(200, self.metrics.text().encode(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/reset_prefix_cache" and method == "POST":
             return http.Response(200, b"", None)
@@ -614,8 +616,8 @@ class Frontend:
             for name in cfg.served_names]}
 
     async def generate(self, req: http.Request, chat: bool) -> http.Response:
-        cfg = self.cfg
-        assert cfg is not None
+        cfg, m = self.cfg, self.metrics
+        assert cfg is not None and m is not None
         try:
             body = req.json()
             if not isinstance(body, dict):
@@ -660,22 +662,22 @@ class Frontend:
         n = oai.max_tokens(body, _max_model_len(self.args.max_model_len), p)
         toks = oai.tokens_for(prompt, n, self.garbage)
         token_s = float(self.node.config.get("token_s", 0.0))
-        self.metrics.prompt_tokens += p
+        m.prompt_tokens += p
         if not body.get("stream"):
-            self.metrics.running += 1
+            m.running += 1
             try:
                 if token_s:
                     await asyncio.sleep(token_s * len(toks))
             finally:
-                self.metrics.running -= 1
-            self.metrics.generation_tokens += len(toks)
-            self.metrics.success += 1
+                m.running -= 1
+            m.generation_tokens += len(toks)
+            m.success += 1
             return http.json_response(oai.full_response(chat, rid, model, toks, p, out_kv))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = oai.sse_events(chat, rid, model, toks, p, include_usage)
 
         async def stream():
-            self.metrics.running += 1
+            m.running += 1
             try:
                 for ev in events:
                     if self.dead:
@@ -683,10 +685,10 @@ class Frontend:
                     yield ev
                     if token_s:
                         await asyncio.sleep(token_s)
-                self.metrics.generation_tokens += len(toks)
-                self.metrics.success += 1
+                m.generation_tokens += len(toks)
+                m.success += 1
             finally:
-                self.metrics.running -= 1
+                m.running -= 1
         return http.Response(200, content_type="text/event-stream; charset=utf-8", stream=stream())
 
     async def layerwise_pull(self, kvp: dict, chat: bool, xrid: str | None) -> str | None:

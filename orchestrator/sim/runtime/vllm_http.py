@@ -159,11 +159,10 @@ class Server:
                 body = await _read_body(reader, headers)
                 try:
                     resp = await self.handler(Request(method, target, headers, body))
-                except Exception as e:  # a handler bug answers 500 like uvicorn, and is printed
+                except Exception:  # a handler bug answers 500 like uvicorn, and is printed
                     import traceback
                     traceback.print_exc()
                     resp = text_response("Internal Server Error", 500)
-                    del e
                 keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
                 await self._send(writer, resp, keep)
                 if not keep:

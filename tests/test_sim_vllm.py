@@ -418,7 +418,8 @@ def test_single_rank_binds_early_serves_and_stops_cleanly(cluster):
     status, body = http_get(n.address, 7100, "/metrics")
     metrics = body.decode()
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
-        assert f'{name}{{engine="0",model_name="ds"}}' in metrics
+        assert f'{name}{{engine="0",model_name="ds"}} 0.0' in metrics
+    assert 'vllm:generation_tokens_total{engine="0",model_name="ds"} 8.0' in metrics
     os.kill(p.pid, signal.SIGTERM)
     assert p.wait() == 0
     wait_gone(members)

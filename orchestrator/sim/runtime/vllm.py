@@ -88,6 +88,7 @@ class Frontend:
         self.devices: list[list[int]] = []
         self.listen_host = "0.0.0.0"
         self.metrics: oai.Metrics | None = None
+        self.ready_limit = 600
 
     # start-up checks -------------------------------------------------------------------------
     def fail(self, last: str, frames: list | None = None, lines: list[str] | None = None) -> int:
@@ -199,6 +200,11 @@ class Frontend:
         rc = self.check_environment()
         if rc is not None:
             return rc
+        try:  # vllm/envs.py: int(os.getenv("VLLM_ENGINE_READY_TIMEOUT_S", "600"))
+            self.ready_limit = int(self.env.get("VLLM_ENGINE_READY_TIMEOUT_S", "600"))
+        except ValueError:
+            return self.fail(f"ValueError: invalid literal for int() with base 10: "
+                             f"{self.env['VLLM_ENGINE_READY_TIMEOUT_S']!r}")
         try:
             cfg = vllm_args.resolve(args, self.env)
         except vllm_args.ServeError as e:
@@ -365,6 +371,7 @@ class Frontend:
         for c in self.children:
             loop.add_reader(c["fd"], self.on_status, c)
         ticker = asyncio.create_task(self.tick())
+        ticker.add_done_callback(self._tick_done)
         try:
             await self.stop.wait()
         finally:
@@ -474,9 +481,18 @@ class Frontend:
         assert self.stop is not None
         self.stop.set()
 
+    def _tick_done(self, task: asyncio.Task) -> None:
+        """A bug in the ticker must not leave a rank without its timeouts and faults: fail loudly."""
+        if not task.cancelled() and task.exception() is not None:
+            import traceback
+            traceback.print_exception(task.exception())
+            self.exit_code = 1
+            assert self.stop is not None
+            self.stop.set()
+
     async def tick(self) -> None:
         """Once a second: faults, the ready timeout, the wait log. Sleeps in between (64 ranks idle)."""
-        ready_limit = float(self.env.get("VLLM_ENGINE_READY_TIMEOUT_S", "600") or 600)
+        ready_limit = float(self.ready_limit)
         next_log = time.monotonic() + max(1.0, 10.0 * self.tf)
         step = max(0.05, min(1.0, 10.0 * self.tf, ready_limit * self.tf / 4))
         killed = False
@@ -524,7 +540,7 @@ class Frontend:
 
     def ready_timeout(self, limit: float) -> None:
         """core_client.py: the front end gives up; its engine processes keep running (orphans)."""
-        lim = int(limit) if float(limit).is_integer() else limit
+        lim = int(limit)
         self.exit_code = self.fail(
             f"TimeoutError: Timed out waiting for engine core processes to start. This is often caused by slow weight "
             f"loading for large models. Waited {lim}s (configured by VLLM_ENGINE_READY_TIMEOUT_S). To increase the "

@@ -673,6 +673,18 @@ def test_mooncake_side_channel_ranges_that_overlap(cluster):
     text = b.text()
     assert f"zmq.error.ZMQError: Address already in use (addr='tcp://{n.address}:30001')" in text
     assert f"KVCacheSendingThread started listening on path: tcp://{n.address}:30002" in text
+    # a decode handed b's kv_transfer_params reaches a's listener on b's port: the transfer fails
+    d = cluster.vllm(n, "--port", "7200", "--kv-transfer-config", kv("kv_consumer", 30100, "2", p=(1, 2)),
+                     ASCEND_RT_VISIBLE_DEVICES="4")
+    wait_healthy(n.address, 7200)
+    params = json.loads(http_post(n.address, 7101, "/v1/completions", {
+        "prompt": "x", "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": True}})[1])["kv_transfer_params"]
+    assert params["remote_port"] == 30001 and params["remote_engine_id"] == "1"
+    status, _ = http_post(n.address, 7200, "/v1/completions", {"prompt": "x", "max_tokens": 2,
+                                                               "kv_transfer_params": params})
+    assert status == 200
+    assert f"Failed to connect to target: {n.address}:30001, status: 103900" in d.text()
+    assert "Mooncake transfer failed for request" in d.text()
 
 
 # -------------------------------------------------------------------------------------------------

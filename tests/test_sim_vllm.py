@@ -506,6 +506,20 @@ def test_external_dp_group_nobody_healthy_until_all_joined(cluster):
     assert [d for d, *_ in a.holders()] == [0] and [d for d, *_ in b.holders()] == [1]
 
 
+def test_env_driven_dp_of_the_large_ep_guide(cluster):
+    n = cluster.node("n0", 1)
+    env = {"VLLM_DP_SIZE": "2", "VLLM_DP_MASTER_IP": n.address, "VLLM_DP_MASTER_PORT": "13500",
+           "VLLM_ASCEND_EXTERNAL_DP_LB_ENABLED": "1"}
+    r1 = cluster.vllm(n, "--port", "7101", VLLM_DP_RANK="1", VLLM_DP_RANK_LOCAL="1", ASCEND_RT_VISIBLE_DEVICES="1",
+                      **env)
+    time.sleep(0.8)
+    assert refused(n.address, 7101)
+    cluster.vllm(n, "--port", "7100", VLLM_DP_RANK="0", VLLM_DP_RANK_LOCAL="0", ASCEND_RT_VISIBLE_DEVICES="0", **env)
+    wait_healthy(n.address, 7100)
+    wait_healthy(n.address, 7101)
+    assert r1.p.poll() is None
+
+
 def test_a_rank_restarted_alone_cannot_rejoin_its_formed_group(cluster):
     a, b = cluster.node("d0", 1), cluster.node("d1", 2, time_factor=0.003)
     _ext_rank(cluster, a, 0, 2, a, 7100, 13000)

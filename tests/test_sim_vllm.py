@@ -504,6 +504,14 @@ def test_external_dp_group_nobody_healthy_until_all_joined(cluster):
     wait_healthy(b.address, 7101)
     assert r1.p.poll() is None and r0.p.poll() is None
     assert [d for d, *_ in a.holders()] == [0] and [d for d, *_ in b.holders()] == [1]
+    assert "Started DP Coordinator process (PID: " in r0.text()
+    assert sorted(comm(p) for p in r0.group_members()) == ["VLLM::DPCoordin", "VLLM::EngineCor", "python3"]
+    members = r0.group_members() + r1.group_members()
+    for r in (r0, r1):
+        os.kill(r.pid, signal.SIGTERM)
+        assert r.wait() == 0
+    wait_gone(members)
+    assert not a.holders() and not b.holders()
 
 
 def test_env_driven_dp_of_the_large_ep_guide(cluster):
@@ -541,8 +549,8 @@ def test_missing_rank_hangs_then_front_end_times_out_and_engine_keeps_running(cl
     assert ("TimeoutError: Timed out waiting for engine core processes to start. This is often caused by slow weight "
             "loading for large models. Waited 600s (configured by VLLM_ENGINE_READY_TIMEOUT_S). To increase the "
             "timeout, set the environment variable: VLLM_ENGINE_READY_TIMEOUT_S=<seconds>") in r0.text()
-    left = group_pids(r0.pid)
-    assert left and all(comm(p) == "VLLM::EngineCor" for p in left), "engine cores outlive the front end"
+    left = sorted(comm(p) for p in group_pids(r0.pid))
+    assert left == ["VLLM::DPCoordin", "VLLM::EngineCor"], "engine core and DP coordinator outlive the front end"
 
 
 def test_rank_without_front_end_fails_the_handshake_after_5_minutes(cluster):

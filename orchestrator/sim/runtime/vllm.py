@@ -49,6 +49,20 @@ _UTILS = "/vllm-workspace/vllm/vllm/v1/engine/utils.py"
 _CLIENT = "/vllm-workspace/vllm/vllm/v1/engine/core_client.py"
 _TORCH = "/usr/local/python3.11.14/lib/python3.11/site-packages/torch/__init__.py"
 _STRIPPED_ENV = ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME")
+# rank 0's VLLM::DPCoordinator process: idle here (the rendezvous stays in the front end), but a
+# process of the rank's group that outlives a SIGKILL of the front end like the engine cores
+_COORDINATOR = """import signal, sys
+try:
+    open("/proc/self/comm", "w").write("VLLM::DPCoordinator"[:15])
+except OSError:
+    pass
+def _stop(*_):
+    sys.exit(0)
+signal.signal(signal.SIGTERM, _stop)
+signal.signal(signal.SIGINT, _stop)
+while True:
+    signal.pause()
+"""
 
 
 def _top() -> list[tuple[str, int, str, str]]:
@@ -76,6 +90,8 @@ class Frontend:
         self.started = time.monotonic()
         self.tf = self.node.time_factor
         self.children: list[dict] = []
+        self.coordinator: subprocess.Popen | None = None
+        self.orphans = False
         self.rdzv: Rendezvous | None = None
         self.sock: socket.socket | None = None
         self.server: http.Server | None = None
@@ -367,6 +383,9 @@ class Frontend:
             elif group is not None:
                 self.log.info("serve.py:236", f"Launching {cfg.dp_local} data parallel engine(s) in headless mode, "
                               f"with head node address tcp://{group['leader'][0]}:{group['leader'][1]}.")
+        if leader and cfg.nnodes == 1 and cfg.dp_size > 1:
+            self.coordinator = subprocess.Popen([sys.executable, "-c", _COORDINATOR], stdin=subprocess.DEVNULL)
+            self.log.info("utils.py:835", f"Started DP Coordinator process (PID: {self.coordinator.pid})")
         self.spawn_engines(group)
         for c in self.children:
             loop.add_reader(c["fd"], self.on_status, c)
@@ -508,9 +527,10 @@ class Frontend:
                                   "engine_core.run_busy_loop()")],
                                 f"RuntimeError: Worker failed with error 'rank crashed (deploy sim fault "
                                 f"crash-after:{crash})'", self.log.prefix)
-                for c in self.children:
+                for proc in [c["proc"] for c in self.children] + [self.coordinator]:
                     try:
-                        c["proc"].kill()
+                        if proc is not None:
+                            proc.kill()
                     except OSError:
                         pass
                 os._exit(1)
@@ -548,10 +568,16 @@ class Frontend:
             _top() + [(_CLIENT, 640, "__init__", "raise TimeoutError(")])
         for c in self.children:
             c["orphan"] = True
+        self.orphans = True
         assert self.stop is not None
         self.stop.set()
 
     def terminate_children(self, sig: int = signal.SIGTERM) -> None:
+        if self.coordinator is not None and not self.orphans:
+            try:
+                self.coordinator.send_signal(sig)
+            except OSError:
+                pass
         for c in self.children:
             if c.get("orphan"):
                 continue
@@ -583,6 +609,11 @@ class Frontend:
                 await asyncio.sleep(0.05)
             if c["proc"].poll() is None:
                 c["proc"].kill()
+        if self.coordinator is not None and not self.orphans:
+            while self.coordinator.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if self.coordinator.poll() is None:
+                self.coordinator.kill()
         if self.headless and graceful:
             self.log.info("serve.py:262", "Shutting down.")
         return self.exit_code

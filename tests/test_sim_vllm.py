@@ -470,6 +470,36 @@ def test_sigkill_of_the_rank_leaves_an_orphan_holding_hbm_and_a_new_rank_is_refu
     assert not n.holders([0])
 
 
+def test_orphan_of_a_dp_rank_refuses_its_devices_when_the_group_is_restarted(cluster):
+    """A DP rank reaches its device init only once its whole DP group has formed (vLLM inits the DP
+    group before the workers): restarting the group, not the one rank, meets the orphan's HBM."""
+    n = cluster.node("p0", 1)
+
+    def rank(r: int, log: str) -> "Proc":
+        return cluster.vllm(n, "--port", str(7100 + r), "--data-parallel-size", "2", "--data-parallel-rank", str(r),
+                            "--data-parallel-address", n.address, "--data-parallel-rpc-port", "12321", "-tp", "4",
+                            log=log, ASCEND_RT_VISIBLE_DEVICES="0,1,2,3" if r == 0 else "4,5,6,7")
+    r0, r1 = rank(0, "r0.log"), rank(1, "r1.log")
+    wait_healthy(n.address, 7100)
+    wait_healthy(n.address, 7101)
+    engine0 = [p for p in r0.group_members() if comm(p) == "VLLM::EngineCor"]
+    os.kill(r0.pid, signal.SIGKILL)
+    time.sleep(1.0)
+    assert {pid for _d, pid, _mb, _n in n.holders([0, 1, 2, 3])} == set(engine0), "the orphan keeps rank 0's HBM"
+    assert http_get(n.address, 7101, "/health")[0] == 200, "rank 1 does not notice"
+    alone = rank(0, "r0-alone.log")  # rank 0 restarted alone: its DP group cannot form (rank 1 is in the old one)
+    assert alone.wait() == 1
+    assert "TimeoutError: Timed out waiting for engine core processes to start." in alone.text()
+    assert "Free memory" not in alone.text()
+    os.kill(r1.pid, signal.SIGTERM)  # the whole group, then: stop rank 1, start both
+    assert r1.wait() == 0
+    again0, again1 = rank(0, "r0b.log"), rank(1, "r1b.log")
+    assert again0.wait() == 1
+    assert "ValueError: Free memory on device (6.07/60.7 GiB) on startup is less than desired GPU memory " \
+           "utilization (0.9, 54.63 GiB)." in again0.text()
+    assert "Free memory" not in again1.text()
+
+
 def test_hardware_held_hbm_refuses_a_rank(cluster):
     n = cluster.node("n0", 1)
     n.devices[0]["processes"] = [{"pid": os.getpid(), "name": "VLLM::EngineCore", "memory_mb": 60000}]

@@ -391,16 +391,14 @@ class Engine:
             sel.close()
 
     def master_lost(self, ready: bool) -> None:
-        """The group's front end went away. A headless rank (and every rank still starting) loops on
-        the TCPStore line forever, holding its devices (vllm#32136); a serving rank's engine dies."""
+        """The group's front end went away. A serving engine does not notice (vllm#55510: engine
+        cores outlive a killed API server, still holding their devices); a headless rank, and every
+        rank still starting (waiting in the DP group), loops on the TCPStore line forever (vllm#32136)."""
         g = self.group or {}
         host, port = g.get("leader", ("", 0))
         if ready and not g.get("headless"):
-            self.log.error("core.py:933", "EngineCore encountered a fatal error.")
-            print_traceback([(_CORE, 924, "run_engine_core", "engine_core.run_busy_loop()")],
-                            "RuntimeError: DP Coordinator process failed", self.log.prefix)
-            self.tell_parent({"op": "dead"})
-            raise Exit(1)
+            self.sock = None
+            return
         self.sock = None
         fd = 40 + int(self.spec.get("index", 0))
         while True:

@@ -62,7 +62,7 @@ class Up:
         groups = [g.name for g in self.inv.groups]
         self.groups = [g for g in groups if not opts.only or g in opts.only]
         self.nodes = plan.nodes
-        self.new_containers: set[str] = set()
+        self.container_ids: dict[str, str] = {}
         self.keep: set[str] = set()  # groups already healthy: left running
         self.started = time.monotonic()
         self.facts: dict | None = None      # check-network's collected facts (rank table input)
@@ -297,6 +297,7 @@ class Up:
             diff = container_drift(current, spec) if current is not None else ["unreadable docker inspect"]
             running = bool(current and current.get("State", {}).get("Running"))
             if not diff and running:
+                self.container_ids[node] = str(current.get("Id", ""))
                 return NodeResult(node, Cause.OK, f"reusing container {self.container}")
             if diff and not self.opts.recreate:
                 return NodeResult(node, Cause.REFUSED,
@@ -313,12 +314,20 @@ class Up:
                                 "see the docker error above; check devices and mounts on the node")
         cid = created.stdout.strip().splitlines()[-1] if created.stdout.strip() else ""
         self.ledger.containers[node] = cid
-        self.new_containers.add(node)
+        self.container_ids[node] = cid
         return NodeResult(node, Cause.OK, f"created {self.container} {cid[:12]}")
 
+    def _setup_marker(self, node: str) -> str:
+        """Host file recording that setup finished in this very container (by its id): a run that
+        created a container and then stopped must not leave it without its setup."""
+        cid = "".join(c for c in self.container_ids.get(node, "") if c.isalnum())[:12] or "unknown"
+        return f"{nodepaths.remote_dir(self.inv)}/setup-{cid}.done"
+
     async def _setup(self, node: str) -> NodeResult:
-        if node not in self.new_containers:
-            return NodeResult(node, Cause.OK, "existing container: setup already done")
+        marker = self._setup_marker(node)
+        done = await self.cluster.run_script(node, f"test -f {nodepaths.host_path(marker)}\n", timeout=60)
+        if done.ok:
+            return NodeResult(node, Cause.OK, "setup already done in this container")
         spec = self.plan.container_on(node)
         assert spec is not None
         for argv in scripts.setup_argvs(spec):
@@ -333,6 +342,10 @@ class Up:
             if o.stdout.strip().endswith("kept"):
                 self.progress.say(f"  {node}: the image has its own sitecustomize.py; left as is "
                                   "(the socket env guard is not installed)")
+        mark = await self.cluster.run_script(node, nodeside.write_files_script({marker: ("done\n", 0o600)}),
+                                             timeout=60)
+        if not mark.ok:
+            return from_outcome(mark, f"record setup in {marker}")
         return NodeResult(node, Cause.OK, "setup done")
 
     async def _preflight(self, node: str) -> NodeResult:

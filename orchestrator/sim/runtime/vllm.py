@@ -168,7 +168,8 @@ class Frontend:
         per = cfg.world_per_engine // cfg.nnodes if cfg.nnodes > 1 else cfg.world_per_engine
         count = 1 if cfg.nnodes > 1 else cfg.dp_local
         logical = visible if visible is not None else list(range(len(cdevs)))
-        if cfg.env_local_rank:  # VLLM_DP_* launch: all the node's devices visible, the engine takes its slice
+        if cfg.env_local_rank and len(logical) >= (cfg.env_local_rank + 1) * per:
+            # VLLM_DP_* launch with the node's devices all visible: the engine takes its local slice
             logical = logical[cfg.env_local_rank * per:]
         bad = raw_bad or any(i < 0 or i >= len(cdevs) for i in logical)
         unordered = not bad and logical != sorted(logical)

@@ -190,3 +190,22 @@ def test_second_up_while_one_runs_is_refused(small):
             assert p.returncode == 1 and "another deploy command" in p.stderr and "deploy up pid" in p.stderr
     finally:
         os.environ.pop("DEPLOY_STATE_DIR", None)
+
+
+def test_demo_runs_every_phase_and_leaves_nothing(tmp_path):
+    """The README's first command: a simulated 2P1D cluster up, serving, torn down, stopped."""
+    root = Path(tempfile.mkdtemp(prefix="demo-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        p = deploy("demo", "--dir", str(root / "sim"), "--sshd", MODES[0], timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        out = p.stdout + p.stderr
+        for phase in ("1. deploy check-network", "2. deploy up", "3. deploy status", "4. a chat completion",
+                      "5. deploy teardown"):
+            assert phase in out
+        assert "/v1/chat/completions -> HTTP 200" in out and "clean:" in out
+        from orchestrator.sim.processes import sim_processes
+
+        assert sim_processes(root / "sim") == []  # the simulator and everything it ran are gone
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

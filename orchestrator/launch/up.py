@@ -405,27 +405,38 @@ class Up:
             await self._readiness(pending, groups, deadline, result)
 
     async def _start_group(self, group: str, refs: list[RankRef]) -> NodeResult | None:
-        """The master's ranks, then every other node's at once. None when all started."""
+        """The master's ranks, then every other node's at once (one docker exec per node).
+        None when all started."""
         g = next(x for x in self.inv.groups if x.name == group)
         master = [r for r in refs if r.node == g.nodes[0]]
-        others = [r for r in refs if r.node != g.nodes[0]]
-        for batch in (master, others):
-            for res in await asyncio.gather(*(self._start_rank(r) for r in batch)):
-                if res is not None:
-                    return res
+        by_node: dict[str, list[RankRef]] = {}
+        for r in refs:
+            if r.node != g.nodes[0]:
+                by_node.setdefault(r.node, []).append(r)
+        res = await self._start_on(g.nodes[0], master) if master else None
+        if res is not None:
+            return res
+        for res in await asyncio.gather(*(self._start_on(n, rs) for n, rs in by_node.items())):
+            if res is not None:
+                return res
         return None
 
-    async def _start_rank(self, ref: RankRef) -> NodeResult | None:
-        argv = nodeside.start_detached(self.container, ref.script, ref.log, ref.pidfile)
-        o = await self.cluster.run(ref.node, argv, timeout=60)
-        pid_text = o.stdout.strip().splitlines()[-1] if o.stdout.strip() else ""
-        if not o.ok or not pid_text.isdigit():
-            res = from_outcome(o, f"start {ref.where()}")
+    async def _start_on(self, node: str, refs: list[RankRef]) -> NodeResult | None:
+        argv = nodeside.start_many(self.container, [(r.script, r.log, r.pidfile) for r in refs])
+        o = await self.cluster.run(node, argv, timeout=120)
+        started = nodeside.parse_started(o.stdout)
+        now = time.time()
+        for r in refs:
+            if r.pidfile in started:
+                self.ledger.ranks[r.key] = RankEntry(r.key, r.node, r.rank.group, started[r.pidfile], now,
+                                                     table=self.table_hash)
+        missing = [r for r in refs if r.pidfile not in started]
+        if missing or not o.ok:
+            res = from_outcome(o, f"start {missing[0].where() if missing else refs[0].where()}")
             if o.ok:
-                res = NodeResult(ref.node, Cause.FAILED, f"start {ref.where()}: no PID printed ({o.stdout[:200]!r})")
+                res = NodeResult(node, Cause.FAILED, f"start {missing[0].where()}: no PID printed "
+                                 f"({o.stdout[-200:]!r})")
             return res
-        self.ledger.ranks[ref.key] = RankEntry(ref.key, ref.node, ref.rank.group, int(pid_text), time.time(),
-                                               table=self.table_hash)
         return None
 
     async def _readiness(self, pending: dict[str, float], groups: dict[str, list[RankRef]],
@@ -564,7 +575,7 @@ class Up:
                                            {p.node: NodeResult(p.node, Cause.OK, "proxy answers /healthcheck")},
                                            time.monotonic() - t0))
                 return True
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.25)
         log = await self._tail_file(p.node, nodepaths.proxy_log(self.inv))
         self.runner.add(StepReport(Kind.PROXY, "proxy", {p.node: NodeResult(
             p.node, Cause.TIMED_OUT, f"the proxy did not answer /healthcheck within {PROXY_TIMEOUT:g}s; "

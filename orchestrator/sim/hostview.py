@@ -13,7 +13,9 @@ with them has the tools and one started without them lacks them, like on a real 
     etc/ascend_install.info                   the driver's install record
     etc/hccn.conf                             -> DIR/nodes/<n>/etc/hccn.conf (one file: HCCN_CONF)
     var/tmp/                                  deployments' state folders (/var/tmp/deploy/<name>)
-    <model.path>/config.json                  the inventory's model folder
+    <model folder>/config.json                the inventory's model folder: model.path is a path
+                                              in the container, so it is put where the inventory's
+                                              container.mounts map it from (else at model.path)
 
 The tree belongs to the nodes' user (it writes there, as root would on a real node).
 """
@@ -60,6 +62,22 @@ def host_path(root: Path, node: str, path: str) -> Path:
     return node_root(root, node) / norm.lstrip("/")
 
 
+def model_host_path(model_path: str, mounts: list[str]) -> str:
+    """Where on the node model.path (a container path) comes from: through the container.mount
+    whose destination holds it (the longest), else the same path (a `-v P:P` mount)."""
+    best = None
+    for m in mounts:
+        src, _, rest = str(m).partition(":")
+        dst = rest.partition(":")[0].rstrip("/") or "/"
+        if model_path == dst or model_path.startswith(dst.rstrip("/") + "/"):
+            if best is None or len(dst) > len(best[1]):
+                best = (src, dst)
+    if best is None:
+        return model_path
+    src, dst = best
+    return src.rstrip("/") + model_path[len(dst.rstrip("/")):]
+
+
 def _wrapper(tool: Path, ndir: Path) -> str:
     return ("#!/bin/sh\n# deploy sim: this node's " + tool.name + " (the simulator's fake, DIR/bin)\n"
             f'DEPLOY_SIM_NODE="${{DEPLOY_SIM_NODE:-{ndir}}}"\nexport DEPLOY_SIM_NODE\n'
@@ -72,7 +90,8 @@ def _put(path: Path, text: str, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
-def provision(root: Path, node: str, model_path: str | None, driver_version: str) -> Path:
+def provision(root: Path, node: str, model_path: str | None, driver_version: str,
+              mounts: list[str] = ()) -> Path:
     """Create the node's host view; returns DIR/nodes/<node>/root."""
     ndir, base, tools = node_dir(root, node), node_root(root, node), bin_dir(root)
     _put(base / "usr/local/Ascend/driver/tools/hccn_tool", _wrapper(tools / "hccn_tool", ndir), 0o755)
@@ -88,7 +107,8 @@ def provision(root: Path, node: str, model_path: str | None, driver_version: str
     (base / "var/tmp").mkdir(parents=True, exist_ok=True)
     os.chmod(base / "var/tmp", 0o1777)
     if model_path:
-        _put(host_path(root, node, model_path) / "config.json", json.dumps(MODEL_CONFIG, indent=2) + "\n")
+        folder = host_path(root, node, model_host_path(model_path, list(mounts)))
+        _put(folder / "config.json", json.dumps(MODEL_CONFIG, indent=2) + "\n")
     return base
 
 

@@ -220,13 +220,14 @@ def _provision_nodes(root: Path, user: str, raw: dict, names: list[str], *, star
     from .state import load_state
     from .tools import install_runtime
 
-    image = (raw.get("container") or {}).get("image")
+    container = raw.get("container") or {}
+    image = container.get("image")
     install_runtime(root, [image] if image else [])
     pw = pwd.getpwnam(user)
     model = (raw.get("model") or {}).get("path")
     for name in names:
         ndir = node_dir(root, name)
-        provision(root, name, model, load_state(ndir).driver_version)
+        provision(root, name, model, load_state(ndir).driver_version, container.get("mounts") or [])
         knobs.write(node_runtime(root, name), {"startup_s": startup, "time_factor": time_factor})
         (node_runtime(root, name) / "hbm").mkdir(exist_ok=True)
         for sub in (containers_dir(root, name), docker_dir(root, name)):

@@ -15,7 +15,12 @@ from . import __version__
 COMMANDS = {
     "plan": "plan",
     "check-network": "check_network",
+    "up": "up",
+    "status": "status",
+    "teardown": "teardown",
     "exec": "exec",
+    "ranktable": "ranktable",
+    "demo": "demo",
     "sim": "sim",
 }
 

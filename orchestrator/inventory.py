@@ -9,10 +9,10 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path as FsPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InventoryError, Problem, Source
 from .yamlmarks import load_located
@@ -58,13 +58,63 @@ class Node(Strict):
         return self.ip or self.host
 
 
+# The image's own environment files, which an interactive shell in the vllm-ascend images reads
+# (~/.bashrc) and a non-interactive `docker exec` does not.
+# The image's own environment files, which an interactive shell in the vllm-ascend images reads
+# (~/.bashrc) and a non-interactive `docker exec` does not.
+DEFAULT_ENV_FILES = ("/usr/local/Ascend/ascend-toolkit/set_env.sh", "/usr/local/Ascend/nnal/atb/set_env.sh")
+MOUNT_MODES = ("ro", "rw")
+_CONTROL = "\n\r\0"
+
+
+def mount_problem(spec: str) -> str | None:
+    """Why a `container.mounts` entry is not `src:dst[:ro|rw]` with absolute paths, else None."""
+    if any(c in spec for c in _CONTROL):
+        return "a mount must be one line"
+    parts = spec.split(":")
+    if len(parts) not in (2, 3):
+        return "a mount is src:dst or src:dst:ro|rw (paths contain no ':')"
+    if len(parts) == 3 and parts[2] not in MOUNT_MODES:
+        return f"mount mode {parts[2]!r} is not ro or rw"
+    if not (parts[0].startswith("/") and parts[1].startswith("/")):
+        return "both paths of a mount must be absolute (start with /)"
+    return None
+
+
+def _mount(spec: str) -> str:
+    why = mount_problem(spec)
+    if why:
+        raise ValueError(f"{why}; write it as /host/path:/container/path[:ro]")
+    return spec
+
+
+def _abs_path(path: str) -> str:
+    if not path.startswith("/") or any(c in path for c in _CONTROL):
+        raise ValueError("must be an absolute path on one line")
+    return path
+
+
+def _argv(argv: list[str]) -> list[str]:
+    if not argv or not argv[0]:
+        raise ValueError("must be a non-empty argv list starting with a command, e.g. [cp, /data/x.py, /usr/local/lib/]")
+    if any("\0" in a for a in argv):
+        raise ValueError("an argument has a NUL character")
+    return argv
+
+
 class Container(Strict):
     image: str
     name: str | None = None
     shm_size: str = "1g"
-    mounts: list[str] = Field(default_factory=list)
+    mounts: list[Annotated[str, AfterValidator(_mount)]] = Field(default_factory=list)
     env: dict[str, Scalar] = Field(default_factory=dict)
     privileged: bool = False
+    # Extensions for up (docs/inventory.md): sourced before every rank when present in the image;
+    # argv lists run once in each new container (never through a shell); the sitecustomize guard
+    # (None: on when a group spans nodes).
+    env_files: list[Annotated[str, AfterValidator(_abs_path)]] = Field(default_factory=lambda: list(DEFAULT_ENV_FILES))
+    setup: list[Annotated[list[str], AfterValidator(_argv)]] = Field(default_factory=list)
+    socket_env_guard: bool | None = None
 
 
 class Model(Strict):
@@ -79,6 +129,7 @@ class Model(Strict):
 class RoleDefaults(Strict):
     env: dict[str, Scalar | None] = Field(default_factory=dict)
     args: dict[str, Any] = Field(default_factory=dict)
+    kv_extra: dict[str, Any] = Field(default_factory=dict)  # over kv_transfer.extra, this role's groups
 
 
 class Roles(Strict):
@@ -90,7 +141,7 @@ class Roles(Strict):
 class KvTransfer(Strict):
     connector: Literal[CONNECTORS]  # type: ignore[valid-type]
     extra: dict[str, Any] = Field(default_factory=dict)
-    # Extension (docs/inventory-extensions.md): merged into the top level of --kv-transfer-config.
+    # Extension (docs/inventory.md): merged into the top level of --kv-transfer-config.
     config: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -101,7 +152,7 @@ class Group(Strict):
     dp: int = Field(default=1, ge=1)
     tp: int = Field(default=1, ge=1)
     dp_local: int | None = Field(default=None, ge=1)
-    launch: Literal["external", "internal", "nnodes"] | None = None
+    launch: Literal["external", "internal", "nnodes", "env"] | None = None  # env: issue 12, VLLM_DP_* variables
     port: int | None = Field(default=None, ge=1, le=65535)
     dp_rpc_port: int = Field(default=12321, ge=1, le=65535)
     kv_port: int | None = Field(default=None, ge=1, le=65535)
@@ -109,6 +160,7 @@ class Group(Strict):
     devices: list[int] | dict[str, list[int]] | None = None
     env: dict[str, Scalar | None] = Field(default_factory=dict)
     args: dict[str, Any] = Field(default_factory=dict)
+    kv_extra: dict[str, Any] = Field(default_factory=dict)  # merged last, this group only
 
     @field_validator("engine_id", mode="before")
     @classmethod
@@ -123,7 +175,7 @@ class Group(Strict):
     def http_port(self) -> int:
         if self.port is not None:
             return self.port
-        return 7100 if self.launch_mode == "external" else 8000
+        return 7100 if self.launch_mode in ("external", "env") else 8000
 
 
 class Proxy(Strict):

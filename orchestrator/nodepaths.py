@@ -83,6 +83,11 @@ def env_file(inventory) -> str:
     return f"{remote_dir(inventory)}/secret.env"
 
 
+def sitecustomize_file(inventory) -> str:
+    """The socket-env guard's sitecustomize.py as uploaded (copied into site-packages from here)."""
+    return f"{remote_dir(inventory)}/sitecustomize.py"
+
+
 def script_name(rank) -> str:
     """The file name (no folder) of a rank's launch script."""
     return f"rank-{rank_key(rank)}.sh"

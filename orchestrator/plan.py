@@ -7,7 +7,9 @@ ports, so a plan that comes back is one vLLM-Ascend will accept; problems come b
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from .errors import InventoryError, Problem
@@ -37,6 +39,10 @@ PLANNER_FLAGS = {
     "kv-transfer-config": "kv_transfer and groups[].kv_port / engine_id",
 }
 BUILTIN_ENV: dict[str, str] = {}
+# launch: env (the large-EP guide's run_dp_template.sh, v0.9.1-era images): DP from these variables.
+ENV_DP_VARS = ("VLLM_DP_SIZE", "VLLM_DP_MASTER_IP", "VLLM_DP_MASTER_PORT", "VLLM_DP_RANK_LOCAL",
+               "VLLM_DP_RANK", "VLLM_DP_SIZE_LOCAL")
+EXTERNAL_DP_LB = "VLLM_ASCEND_EXTERNAL_DP_LB_ENABLED"
 MOONCAKE_TE_BASE = 20000  # AscendDirectTransport picks random ports in [20000, 20000 + devices*1000)
 
 
@@ -57,6 +63,7 @@ class Rank:
     env: dict[str, str]
     node_rank: int | None = None
     kv_ports: tuple[int, int] | None = None  # [first, last] of this process's Mooncake listeners
+    unset: list[str] = field(default_factory=list)  # env names set to null: unset on the node
 
     def to_json(self) -> dict:
         out = {
@@ -69,6 +76,8 @@ class Rank:
             out["node_rank"] = self.node_rank
         if self.kv_ports is not None:
             out["kv_ports"] = list(self.kv_ports)
+        if self.unset:
+            out["unset"] = self.unset
         return out
 
 
@@ -83,20 +92,136 @@ class ProxyPlan:
         return {"node": self.node, "host": self.host, "port": self.port, "argv": self.argv}
 
 
-@dataclass
+class StepKind(str, Enum):
+    """What a bring-up step does; the value is the step's name in `deploy plan --json`."""
+    CHECK_NETWORK = "check-network"
+    RANKTABLE = "ranktable"
+    CONTAINERS = "containers"
+    SETUP = "setup"
+    LAUNCH = "launch"
+    READINESS = "readiness"
+    PROXY = "proxy"
+    SMOKE = "smoke"
+
+
+@dataclass(frozen=True)
 class Step:
-    name: str
-    nodes: list[str]
+    """One step of the bring-up, on `nodes` (all at once), after every earlier step's barrier.
+
+    Launch steps carry their `group`, `role` ("master": the group's first node, every local rank
+    of it; "others": the rest of the group's nodes at once, started right after the master's
+    processes, never after its health) and `wave`: launch steps of different groups with the same
+    wave may run together; wave w + 1 starts once every launch of wave w has started (the
+    layerwise connector's decoders before its prefillers; one wave otherwise). `smoke` carries
+    `via`: "proxy" or "rank" (the co-located API rank)."""
+    kind: StepKind
+    nodes: tuple[str, ...]
     group: str | None = None
-    detail: str = ""
+    role: str | None = None   # launch: "master" | "others"
+    wave: int | None = None   # launch only
+    via: str | None = None    # smoke: "proxy" | "rank"
+
+    @property
+    def name(self) -> str:
+        return self.kind.value
+
+    def describe(self, plan: "Plan") -> str:
+        """One line for people (the plan table and progress); nothing reads it back."""
+        inv = plan.inventory
+        k = self.kind
+        if k is StepKind.CHECK_NETWORK:
+            return "NPU links, TLS, device IPs, planned-pair pings"
+        if k is StepKind.RANKTABLE:
+            return f"P/D rank table from live device IPs -> {rank_table_path(inv)}"
+        if k is StepKind.CONTAINERS:
+            return f"{container_name(inv)} from {inv.container.image}"
+        if k is StepKind.SETUP:
+            parts = []
+            if inv.container.setup:
+                parts.append(f"{len(inv.container.setup)} container.setup command(s)")
+            if plan.socket_env_guard:
+                parts.append("socket-env guard: sitecustomize.py unless the image has one")
+            return ", ".join(parts)
+        if k is StepKind.LAUNCH:
+            waves = len({s.wave for s in plan.steps if s.kind is StepKind.LAUNCH})
+            wave = f", wave {self.wave}" if waves > 1 else ""
+            if self.role == "master":
+                return "master" + wave
+            g = next(g for g in inv.groups if g.name == self.group)
+            return ("headless" if g.launch_mode not in ("external", "env") else "other nodes") + wave
+        if k is StepKind.READINESS:
+            return "every serving rank answers /health with 200"
+        if k is StepKind.PROXY:
+            assert plan.proxy is not None
+            return f"{plan.proxy.host}:{plan.proxy.port}"
+        return "one completion end to end"
 
     def to_json(self) -> dict:
-        out: dict[str, Any] = {"name": self.name, "nodes": self.nodes}
+        out: dict[str, Any] = {"name": self.name, "nodes": list(self.nodes)}
         if self.group is not None:
             out["group"] = self.group
-        if self.detail:
-            out["detail"] = self.detail
+        if self.role is not None:
+            out["role"] = self.role
+        if self.wave is not None:
+            out["wave"] = self.wave
+        if self.via is not None:
+            out["via"] = self.via
         return out
+
+
+# The standard Ascend driver mounts of the deployment guides' `docker run` (src = dst).
+DRIVER_MOUNTS = (
+    "/usr/local/dcmi",
+    "/usr/local/Ascend/driver/tools/hccn_tool",
+    "/usr/local/bin/npu-smi",
+    "/usr/local/Ascend/driver/lib64/",
+    "/usr/local/Ascend/driver/version.info",
+    "/etc/ascend_install.info",
+    "/etc/hccn.conf",
+)
+CONTROL_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
+KEEPALIVE = ("sleep", "infinity")
+SOCKET_ENV = ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME", "HCCL_IF_IP")
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """The one container of the deployment on a node, as `docker run` argv tokens.
+
+    The parts are kept apart as well, so `up` can compare them with `docker inspect` of an
+    existing container (Devices, Binds, Env, Privileged, ShmSize) and say what differs."""
+    node: str
+    name: str
+    image: str
+    devices: tuple[str, ...]        # --device paths (NPUs of the node's groups, then control devices)
+    binds: tuple[str, ...]          # -v specs, driver mounts, state folder, inventory mounts
+    env: tuple[tuple[str, str], ...]  # -e K=V (container.env)
+    shm_size: str
+    privileged: bool
+    setup: tuple[tuple[str, ...], ...]  # container.setup argv lists (run with docker exec NAME ...)
+    socket_env: tuple[tuple[str, str], ...] | None  # what the guard restores here; None = off
+
+    @property
+    def shm_bytes(self) -> int:
+        size = shm_bytes(self.shm_size)
+        assert size is not None  # checked by the planner
+        return size
+
+    @property
+    def argv(self) -> list[str]:
+        argv = ["docker", "run", "-d", "--name", self.name, "--net=host", f"--shm-size={self.shm_size}"]
+        if self.privileged:
+            argv.append("--privileged")
+        for dev in self.devices:
+            argv += ["--device", dev]
+        for bind in self.binds:
+            argv += ["-v", bind]
+        for key, value in self.env:
+            argv += ["-e", f"{key}={value}"]
+        return argv + [self.image, *KEEPALIVE]
+
+    def to_json(self) -> dict:
+        return {"node": self.node, "name": self.name, "image": self.image, "argv": self.argv}
 
 
 @dataclass
@@ -106,6 +231,7 @@ class Plan:
     proxy: ProxyPlan | None
     steps: list[Step]
     warnings: list[Problem] = field(default_factory=list)
+    containers: list[ContainerPlan] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -123,13 +249,27 @@ class Plan:
     def devices_used(self, node: str) -> list[int]:
         return sorted({d for r in self.ranks_on(node) for d in r.devices})
 
+    @property
+    def socket_env_guard(self) -> bool:
+        """container.socket_env_guard, else on when any group spans nodes."""
+        return socket_env_guard(self.inventory)
+
+    def container_on(self, node: str) -> ContainerPlan | None:
+        return next((c for c in self.containers if c.node == node), None)
+
+    def launch_ranks(self, step: Step) -> list[Rank]:
+        """The processes a launch step starts: its group's ranks on its nodes."""
+        assert step.kind is StepKind.LAUNCH
+        return [r for r in self.ranks if r.group == step.group and r.node in step.nodes]
+
     def to_json(self) -> dict:
         return {
             "name": self.inventory.name,
             "soc": self.inventory.soc,
             "ranks": [r.to_json() for r in self.ranks],
             "proxy": self.proxy.to_json() if self.proxy else None,
-            "steps": [s.to_json() for s in self.steps],
+            "steps": [{**s.to_json(), "detail": s.describe(self)} for s in self.steps],
+            "containers": [c.to_json() for c in self.containers],
         }
 
 
@@ -184,6 +324,16 @@ def merge_env(*layers: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def unset_names(*layers: dict[str, Any]) -> list[str]:
+    """Names whose last word across the layers is null: the rank unsets them on the node."""
+    state: dict[str, bool] = {}
+    for layer in layers:
+        for key, value in layer.items():
+            state.pop(key, None)
+            state[key] = value is None
+    return [k for k, is_null in state.items() if is_null]
+
+
 def deep_merge(base: dict, extra: dict) -> dict:
     out = dict(base)
     for key, value in extra.items():
@@ -215,6 +365,7 @@ class _GroupLayout:
     dp_local: int
     per_rank: int  # devices per DP rank (tp * pp * pcp)
     devices: dict[str, list[int]] = field(default_factory=dict)
+    unset: list[str] = field(default_factory=list)
 
 
 class _Planner:
@@ -343,7 +494,8 @@ class _Planner:
                 if g.dp % n:
                     self.error(("groups", gi, "dp"), f"dp ({g.dp}) is not divisible by the number of nodes ({n})",
                                f"use a multiple of {n}, or set dp_local")
-            layouts.append(_GroupLayout(gi, g, args, env, dp_local, per_rank))
+            layouts.append(_GroupLayout(gi, g, args, env, dp_local, per_rank,
+                                        unset=unset_names(BUILTIN_ENV, inv.env, role.env, g.env)))
         if not self.problems:
             self.allocate(layouts)
         return layouts
@@ -357,7 +509,8 @@ class _Planner:
                 if name in PLANNER_FLAGS:
                     self.error(layer_path + (key,), f"--{name} is set by the planner ({PLANNER_FLAGS[name]})",
                                f"remove '{key}' from args")
-        for key in PER_RANK_ENV:
+        self.check_env_launch(gi, g)
+        for key in PER_RANK_ENV + (ENV_DP_VARS if g.launch_mode == "env" else ()):
             if key in env:
                 self.warn(("groups", gi, "env"), f"{key} is set per rank by the planner; the inventory value is ignored",
                           f"remove {key} from env")
@@ -377,6 +530,21 @@ class _Planner:
         if isinstance(gmu, (int, float)) and not isinstance(gmu, bool) and gmu > 0.95:
             self.warn(where("gpu-memory-utilization"), f"gpu-memory-utilization {gmu} is above 0.95 (group '{g.name}')",
                       "leave headroom for HCCL buffers: 0.9 to 0.95")
+
+    def check_env_launch(self, gi: int, g: Group) -> None:
+        """VLLM_ASCEND_EXTERNAL_DP_LB_ENABLED without the VLLM_DP_* set silently runs DP size 1 on
+        the v0.9.1 image (its ParallelConfig patch reads DP only from them): only launch env sets it."""
+        if g.launch_mode == "env":
+            return
+        layers = ((("container", "env"), self.inv.container.env), (("env",), self.inv.env),
+                  (("roles", g.role, "env"), getattr(self.inv.roles, g.role).env), (("groups", gi, "env"), g.env))
+        for path, layer in layers:
+            if layer.get(EXTERNAL_DP_LB) is not None:
+                self.error(path + (EXTERNAL_DP_LB,),
+                           f"{EXTERNAL_DP_LB} is set for group '{g.name}' (launch {g.launch_mode}) without the "
+                           "VLLM_DP_* variables: the image then silently runs DP size 1",
+                           f"set launch: env on group '{g.name}' (the planner exports it with VLLM_DP_*), "
+                           f"or remove {EXTERNAL_DP_LB}")
 
     def allocate(self, layouts: list[_GroupLayout]) -> None:
         """Explicit device lists first, then the next free devices of each node in group order."""
@@ -449,6 +617,7 @@ class _Planner:
         pre = next((g for g in inv.groups if g.role == "prefill"), None)
         dec = next((g for g in inv.groups if g.role == "decode"), None)
         ranks: list[Rank] = []
+        layouts_by_group = {lay.group.name: lay for lay in layouts}
         for lay in layouts:
             g = lay.group
             master_ip = inv.nodes[g.nodes[0]].cluster_ip
@@ -476,6 +645,19 @@ class _Planner:
                         kv = (g.kv_port + r * lay.per_rank, g.kv_port + (r + 1) * lay.per_rank - 1) if mooncake else None
                         ranks.append(Rank(**common, dp_rank=r, local_rank=i, devices=mine, port=port, headless=False,
                                           argv=argv, env=self.rank_env(lay, node_name, mine), kv_ports=kv))
+                elif g.launch_mode == "env":
+                    # One `vllm serve` per DP rank, DP from VLLM_DP_* (no --data-parallel-* flags).
+                    # Visible: all the group's devices on the node; vLLM's DPEngineCoreProc narrows
+                    # it to local_rank*tp .. (local_rank+1)*tp-1 (the guide: "all devices visible").
+                    for i in range(lay.dp_local):
+                        r = pos * lay.dp_local + i
+                        mine = devs[i * lay.per_rank:(i + 1) * lay.per_rank]
+                        port = g.http_port + i
+                        env = self.rank_env(lay, node_name, devs)
+                        env.update(env_dp_vars(g, lay.dp_local, master_ip, r, i))
+                        kv = (g.kv_port + r * lay.per_rank, g.kv_port + (r + 1) * lay.per_rank - 1) if mooncake else None
+                        ranks.append(Rank(**common, dp_rank=r, local_rank=i, devices=mine, port=port, headless=False,
+                                          argv=base + ["--port", str(port)] + tail, env=env, kv_ports=kv))
                 elif g.launch_mode == "internal":
                     start = pos * lay.dp_local
                     head = pos == 0
@@ -499,6 +681,8 @@ class _Planner:
                     ranks.append(Rank(**common, dp_rank=0, local_rank=0, devices=devs,
                                       port=g.http_port if head else None, headless=not head, argv=argv,
                                       env=self.rank_env(lay, node_name, devs), node_rank=pos, kv_ports=kv))
+        for r in ranks:
+            r.unset = [n for n in layouts_by_group[r.group].unset if n not in r.env]
         return ranks
 
     def rank_env(self, lay: _GroupLayout, node_name: str, devices: list[int]) -> dict[str, str]:
@@ -582,28 +766,130 @@ class _Planner:
         return ProxyPlan(p.node, host, p.port, argv)
 
     def steps(self, ranks: list[Rank], proxy: ProxyPlan | None) -> list[Step]:
+        """The bring-up order `up` follows (issue 10): network gate, rank table, containers,
+        setup, per group master then the other nodes, readiness, proxy, smoke."""
         inv = self.inv
-        used = [n for n in inv.nodes if any(r.node == n for r in ranks)]
-        steps = [Step("check-network", used, detail="NPU links, TLS, device IPs, planned-pair pings")]
+        used = tuple(n for n in inv.nodes if any(r.node == n for r in ranks))
+        steps = [Step(StepKind.CHECK_NETWORK, used)]
         if inv.kv_transfer is not None and inv.kv_transfer.connector == "LLMDataDistCMgrConnector":
-            steps.append(Step("ranktable", used, detail=f"P/D rank table from live device IPs -> {rank_table_path(inv)}"))
-        steps.append(Step("containers", used, detail=f"{container_name(inv)} from {inv.container.image}"))
-        groups = list(inv.groups)
-        if inv.kv_transfer is not None and inv.kv_transfer.connector == "MooncakeLayerwiseConnector":
-            groups = [g for g in groups if g.role == "decode"] + [g for g in groups if g.role != "decode"]
-        for g in groups:
-            steps.append(Step("launch", [g.nodes[0]], group=g.name, detail="master"))
+            steps.append(Step(StepKind.RANKTABLE, used))
+        steps.append(Step(StepKind.CONTAINERS, used))
+        if inv.container.setup or socket_env_guard(inv):
+            steps.append(Step(StepKind.SETUP, used))
+        layerwise = inv.kv_transfer is not None and inv.kv_transfer.connector == "MooncakeLayerwiseConnector"
+
+        def wave(g: Group) -> int:
+            return (0 if g.role == "decode" else 1) if layerwise else 0
+
+        for g in sorted(inv.groups, key=wave):  # stable: inventory order within a wave
+            steps.append(Step(StepKind.LAUNCH, (g.nodes[0],), group=g.name, role="master", wave=wave(g)))
             if len(g.nodes) > 1:
-                detail = "headless" if g.launch_mode != "external" else "other nodes"
-                steps.append(Step("launch", list(g.nodes[1:]), group=g.name, detail=detail))
-        http = [n for n in used if any(r.node == n and r.port is not None for r in ranks)]
-        steps.append(Step("readiness", http, detail="every serving rank answers /health with 200"))
+                steps.append(Step(StepKind.LAUNCH, tuple(g.nodes[1:]), group=g.name, role="others", wave=wave(g)))
+        http = tuple(n for n in used if any(r.node == n and r.port is not None for r in ranks))
+        steps.append(Step(StepKind.READINESS, http))
         if proxy is not None:
-            steps.append(Step("proxy", [proxy.node], detail=f"{proxy.host}:{proxy.port}"))
+            steps.append(Step(StepKind.PROXY, (proxy.node,)))
         if inv.readiness.smoke:
-            target = proxy.node if proxy else next((r.node for r in ranks if r.port is not None), used[0])
-            steps.append(Step("smoke", [target], detail="one completion end to end"))
+            if proxy is not None:
+                steps.append(Step(StepKind.SMOKE, (proxy.node,), via="proxy"))
+            else:
+                target = next((r.node for r in ranks if r.port is not None), used[0])
+                steps.append(Step(StepKind.SMOKE, (target,), via="rank"))
         return steps
+
+    # -- containers
+    def check_container(self) -> None:
+        inv = self.inv
+        c = inv.container
+        # These become docker argv tokens: a leading '-' would be read as an option.
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*", c.image):
+            self.error(("container", "image"), f"image {c.image!r} is not an image reference",
+                       "use registry/repository:tag (letters, digits, . _ / : @ -)")
+        if c.name is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", c.name):
+            self.error(("container", "name"), f"container name {c.name!r} is not a docker container name",
+                       "use letters, digits, _ . - (starting with a letter or digit)")
+        for key in c.env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                self.error(("container", "env", key), f"{key!r} is not an environment variable name",
+                           "use letters, digits and _, not starting with a digit")
+        if shm_bytes(inv.container.shm_size) is None:
+            self.error(("container", "shm_size"), f"shm_size {inv.container.shm_size!r} is not a size",
+                       "use a number with an optional unit b, k, m or g, e.g. 1g or 512g")
+        if inv.kv_transfer is None:
+            for gi, g in enumerate(inv.groups):
+                if g.kv_extra:
+                    self.error(("groups", gi, "kv_extra"), "kv_extra is only used with kv_transfer",
+                               "remove it, or add kv_transfer")
+        for role in ("prefill", "decode", "serve"):
+            if getattr(inv.roles, role).kv_extra and (role == "serve" or inv.kv_transfer is None):
+                self.error(("roles", role, "kv_extra"), f"roles.{role}.kv_extra is never used"
+                           + (" (serve groups have no kv_transfer)" if role == "serve" else " without kv_transfer"),
+                           "remove it" + ("" if role == "serve" else ", or add kv_transfer"))
+        state = _mount_dst(remote_dir(self.inv))
+        for i, m in enumerate(self.inv.container.mounts):
+            dst = _mount_dst(m)
+            if dst == state or state.startswith(dst + "/") or dst == "/":
+                self.error(("container", "mounts", i), f"{m!r} would hide the deployment's state folder {state}",
+                           "mount elsewhere: deploy keeps its scripts, logs and PIDs there")
+
+    def containers(self, ranks: list[Rank]) -> list[ContainerPlan]:
+        inv = self.inv
+        c = inv.container
+        name = container_name(inv)
+        state = remote_dir(inv)
+        # An inventory mount onto a standard destination takes that mount's place (docker refuses
+        # two mounts on one destination); the rest follow in inventory order.
+        own = {_mount_dst(m): m for m in c.mounts}
+        std = [own.pop(_mount_dst(p), f"{p}:{p}") for p in (*DRIVER_MOUNTS, state)]
+        binds = tuple(std + list(own.values()))
+        env = tuple((k, render_value(v)) for k, v in c.env.items())
+        guard = socket_env_guard(inv)
+        out = []
+        for node in inv.nodes:
+            mine = [r for r in ranks if r.node == node]
+            if not mine:
+                continue
+            devices = sorted({d for r in mine for d in r.devices})
+            socket_env = tuple((k, mine[0].env[k]) for k in SOCKET_ENV) if guard else None
+            out.append(ContainerPlan(
+                node=node, name=name, image=c.image,
+                devices=tuple(f"/dev/davinci{d}" for d in devices) + CONTROL_DEVICES,
+                binds=binds, env=env, shm_size=c.shm_size, privileged=c.privileged,
+                setup=tuple(tuple(a) for a in c.setup), socket_env=socket_env))
+        return out
+
+
+def _mount_dst(spec: str) -> str:
+    """The container side of a mount (or a bare path), without a trailing slash."""
+    parts = spec.split(":")
+    dst = parts[1] if len(parts) > 1 else parts[0]
+    return dst.rstrip("/") or "/"
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4, "p": 1024 ** 5}
+
+
+def shm_bytes(size: str) -> int | None:
+    """docker's --shm-size in bytes, as docker reads it (RAMInBytes: `512g`, `1.5GiB`, `64mb`;
+    units are powers of 1024), None if it is not a size.
+
+    `docker inspect` reports HostConfig.ShmSize in bytes: compare with this."""
+    m = re.fullmatch(r"(\d+(?:\.\d+)?) ?([kmgtp]?)i?b?", size.lower())
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)]) if m else None
+
+
+def socket_env_guard(inv: Inventory) -> bool:
+    g = inv.container.socket_env_guard
+    return g if g is not None else any(len(gr.nodes) > 1 for gr in inv.groups)
+
+
+def env_dp_vars(g: Group, dp_local: int, master_ip: str, rank: int, local: int) -> dict[str, str]:
+    """launch env: the variables of the large-EP guide's run_dp_template.sh for one DP rank."""
+    return {
+        "VLLM_DP_SIZE": str(g.dp), "VLLM_DP_MASTER_IP": master_ip, "VLLM_DP_MASTER_PORT": str(g.dp_rpc_port),
+        "VLLM_DP_RANK_LOCAL": str(local), "VLLM_DP_RANK": str(rank), "VLLM_DP_SIZE_LOCAL": str(dp_local),
+        EXTERNAL_DP_LB: "1", "VLLM_WORKER_MULTIPROC_METHOD": "fork",
+    }
 
 
 def engine_id(index: int, g: Group) -> str:
@@ -623,7 +909,8 @@ def kv_transfer_config(inv: Inventory, index: int, g: Group, pre: Group | None, 
         "kv_role": KV_ROLES[g.role],
         "kv_port": str(g.kv_port),
         "engine_id": engine_id(index, g),
-        "kv_connector_extra_config": deep_merge(extra, kv.extra),
+        "kv_connector_extra_config": deep_merge(deep_merge(deep_merge(extra, kv.extra),
+                                                           getattr(inv.roles, g.role).kv_extra), g.kv_extra),
     }
     config = deep_merge(config, kv.config)
     return json.dumps(config, separators=(",", ":"))
@@ -648,6 +935,7 @@ def make_plan(inv: Inventory) -> Plan:
     ranks = p.ranks(layouts)
     proxy = p.proxy(ranks)
     p.check_ports(ranks, proxy)
+    p.check_container()
     if p.problems:
         raise InventoryError(p.problems, inv.source)
-    return Plan(inv, ranks, proxy, p.steps(ranks, proxy), p.warnings)
+    return Plan(inv, ranks, proxy, p.steps(ranks, proxy), p.warnings, p.containers(ranks))

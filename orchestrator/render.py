@@ -1,78 +1,11 @@
-"""Human renderings of a plan: the rank table and the node-side launch scripts."""
+"""Human renderings of a plan as rich tables (node-side scripts: orchestrator/scripts.py)."""
 from __future__ import annotations
-
-import re
-import shlex
-from string import Template
 
 from rich.console import Console
 from rich.table import Table
 
-from .nodepaths import script_name
-from .playbooks import read
 from .plan import Plan, Rank
-
-_REF = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
-
-
-def shell_value(value: str) -> str:
-    """Quote for sh, keeping only `$NAME`/`${NAME}` live: nothing else is ever interpreted."""
-    parts, pos = [], 0
-    for m in _REF.finditer(value):
-        if m.start() > pos:
-            parts.append(shlex.quote(value[pos:m.start()]))
-        parts.append('"${%s}"' % (m.group(1) or m.group(2)))
-        pos = m.end()
-    if pos < len(value) or not parts:
-        parts.append(shlex.quote(value[pos:]))
-    return "".join(parts)
-
-
-def _command_lines(argv: list[str]) -> str:
-    """`vllm serve MODEL` then one flag (with its value) per line, like the seeds' scripts."""
-    head, rest = argv[:3], argv[3:]
-    lines = [shlex.join(head)]
-    i = 0
-    while i < len(rest):
-        if i + 1 < len(rest) and not rest[i + 1].startswith("--"):
-            lines.append(shlex.join(rest[i:i + 2]))
-            i += 2
-        else:
-            lines.append(shlex.quote(rest[i]))
-            i += 1
-    return " \\\n  ".join(lines)
-
-
-def devices_text(devices: list[int]) -> str:
-    if devices and devices == list(range(devices[0], devices[-1] + 1)) and len(devices) > 2:
-        return f"{devices[0]}-{devices[-1]}"
-    return ",".join(map(str, devices))
-
-
-def describe(rank: Rank) -> str:
-    where = f"node {rank.node}, devices {devices_text(rank.devices)}"
-    if rank.node_rank is not None:
-        who = f"node rank {rank.node_rank}"
-    elif rank.headless:
-        who = f"DP ranks from {rank.dp_rank}"
-    else:
-        who = f"DP rank {rank.dp_rank}"
-    port = f", port {rank.port}" if rank.port is not None else ", headless"
-    return f"group {rank.group} ({rank.role}), {who} on {where}{port}"
-
-
-def rank_script(plan: Plan, rank: Rank) -> str:
-    exports = "\n".join(f"export {k}={shell_value(v)}" for k, v in rank.env.items())
-    return Template(read("launch_rank.sh")).substitute(
-        name=plan.name, what=describe(rank), node=rank.node, exports=exports,
-        command=_command_lines(rank.argv))
-
-
-def rank_scripts(plan: Plan, node: str) -> str:
-    out = []
-    for rank in plan.ranks_on(node):
-        out.append(f"# ==== {script_name(rank)}\n" + rank_script(plan, rank))
-    return "\n".join(out)
+from .scripts import devices_text
 
 
 def _dp_ranks(ranks: list[Rank], span: int) -> str:
@@ -107,8 +40,18 @@ def plan_table(plan: Plan, console: Console | None = None) -> None:
         n_pre = sum(1 for r in plan.ranks if r.role == "prefill" and r.port is not None)
         n_dec = sum(1 for r in plan.ranks if r.role == "decode" and r.port is not None)
         console.print(soft_wrap=True, highlight=False, *[f"proxy: {p.node} {p.host}:{p.port} -> {n_pre} prefill, {n_dec} decode backends"])
+    if plan.containers:
+        c0 = plan.containers[0]
+        by_devices: dict[str, list[str]] = {}
+        for c in plan.containers:
+            npus = [int(d.removeprefix("/dev/davinci")) for d in c.devices if d.removeprefix("/dev/davinci").isdigit()]
+            by_devices.setdefault(devices_text(npus), []).append(c.node)
+        where = "; ".join(f"{', '.join(nodes)} (devices {devs})" for devs, nodes in by_devices.items())
+        console.print(f"containers: {c0.name} from {c0.image}, {len(c0.binds)} mounts, on {where}",
+                      highlight=False, soft_wrap=True)
     console.print("steps:")
     for i, s in enumerate(plan.steps, 1):
         group = f" {s.group}" if s.group else ""
-        detail = f" ({s.detail})" if s.detail else ""
+        text = s.describe(plan)
+        detail = f" ({text})" if text else ""
         console.print(f"  {i:2}. {s.name}{group}: {', '.join(s.nodes)}{detail}", highlight=False, soft_wrap=True)

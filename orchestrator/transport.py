@@ -569,6 +569,20 @@ class Cluster:
         await asyncio.gather(pump(proc.stdout, out, "out|"), pump(proc.stderr, err, "err|"))
         await proc.wait()
 
+    async def open_tcp(self, node: str, host: str, port: int):
+        """(reader, writer) of a TCP connection made BY the node (direct-tcpip on its open SSH
+        connection): HTTP to a rank without another connection, through jump hosts too.
+        Raises ConnectionRefusedError when the node cannot connect or is unreachable."""
+        conn = await self._connection(node)
+        if isinstance(conn, Outcome):
+            raise ConnectionRefusedError(f"{node} is unreachable: {conn.reason}")
+        try:
+            return await conn.open_connection(host, port)
+        except asyncssh.ChannelOpenError as e:
+            raise ConnectionRefusedError(e.reason or str(e)) from None
+        except (asyncssh.Error, OSError) as e:
+            raise ConnectionRefusedError(f"connection lost: {getattr(e, 'reason', '') or e}") from None
+
     def _finished(self, node: str, proc, out: bytearray, err: bytearray) -> Outcome:
         stdout, stderr = _text(out), _text(err)
         if proc.exit_status is None and proc.exit_signal is None:

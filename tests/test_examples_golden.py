@@ -1,7 +1,7 @@
 """Golden tests: `deploy plan --json` of every example inventory against its seed deployment guide.
 
-The expected values are copied from the seed documents in /work/shared/reference/ (their commands
-are ground truth), with the seeds' placeholder IPs replaced by the concrete ones of the example
+The expected values are copied from the seed deployment guides (their commands are ground truth;
+each example's header names its guide by title), with the seeds' placeholder IPs replaced by the concrete ones of the example
 inventories. They are NOT computed from the inventories or from the planner's output.
 
 External-DP groups are written as the seed's own `python launch_online_dp.py ...` commands and
@@ -213,7 +213,7 @@ def ports(start: int, n: int) -> list[str]:
     return [str(p) for p in range(start, start + n)]
 
 
-# ---- dsv31-a3-single: seed-deepseek-v31.txt, 单节点部署 -------------------------------------
+# ---- dsv31-a3-single: "DeepSeek-V3/3.1", 单节点部署 -------------------------------------
 
 DSV31_SINGLE_ARGS = {
     "--quantization": "ascend",
@@ -255,7 +255,7 @@ DSV31_A3_SINGLE = Example(
     kv={}, proxy=None,
 )
 
-# ---- dsv31-a2-2node-internal: seed-deepseek-v31.txt, 多节点部署 (节点 0 / 节点 1) ------------
+# ---- dsv31-a2-2node-internal: "DeepSeek-V3/3.1", 多节点部署 (节点 0 / 节点 1) ------------
 
 DSV31_A2_2NODE = Example(
     name="dsv31-a2-2node-internal", soc="a2",
@@ -301,7 +301,7 @@ DSV31_A2_2NODE = Example(
     kv={}, proxy=None,
 )
 
-# ---- dsv31-a3-2p1d: seed-deepseek-v31.txt, Prefill-Decode 解耦 -------------------------------
+# ---- dsv31-a3-2p1d: "DeepSeek-V3/3.1", Prefill-Decode 解耦 -------------------------------
 
 DSV31_PD_ENV = {
     "VLLM_RPC_TIMEOUT": "3600000",
@@ -397,7 +397,7 @@ DSV31_A3_2P1D = Example(
     ),
 )
 
-# ---- dsv4-flash-a3-2p1d: seed-deepseek-v4-flash.txt, Prefill-Decode Disaggregation (A3) -----
+# ---- dsv4-flash-a3-2p1d: "DeepSeek-V4-Flash", Prefill-Decode Disaggregation (A3) -----
 
 FLASH_A3_ENV = {
     "HCCL_OP_EXPANSION_MODE": "AIV",
@@ -530,7 +530,7 @@ DSV4_FLASH_A3_2P1D = Example(
     ),
 )
 
-# ---- dsv4-flash-a2-4p1d: seed-deepseek-v4-flash.txt, A2 "4*1P 1*4D" --------------------------
+# ---- dsv4-flash-a2-4p1d: "DeepSeek-V4-Flash", A2 "4*1P 1*4D" --------------------------
 
 FLASH_A2_ENV = {
     "LD_PRELOAD": "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2:$LD_PRELOAD",
@@ -658,7 +658,7 @@ DSV4_FLASH_A2_4P1D = Example(
     ),
 )
 
-# ---- dsv4-pro-a2-32npu: seed-deepseek-v4-pro-a2-32npu.txt, 3 部署步骤 -------------------------
+# ---- dsv4-pro-a2-32npu: "DeepSeek-V4-Pro-w4a8 在 32×910B2 的 vLLM-Ascend 部署", 3 部署步骤 -------------------------
 
 def _pro_rank(node: str, rank: int) -> Rank:
     # vllm serve ... --port 10010 $([ $RANK != 0 ] && echo --headless) --data-parallel-size 4
@@ -731,7 +731,7 @@ DSV4_PRO_A2 = Example(
     kv={}, proxy=None,
 )
 
-# ---- cp-a3-1p1d: seed-context-parallel.txt, Prefiller/Decoder Deployment --------------------
+# ---- cp-a3-1p1d: "Long-Sequence Context Parallel (Deepseek)", Prefiller/Decoder Deployment --------------------
 
 CP_ENV = {
     "HCCL_BUFFSIZE": "768",
@@ -864,8 +864,14 @@ PD_CASES = [pytest.param(ex, id=ex.name) for ex in EXAMPLES.values() if ex.proxy
 # --------------------------------------------------------------------------------------------
 
 def test_every_example_file_has_a_golden_table():
-    files = {p.stem for p in INVENTORIES.glob("*.yaml")}
-    assert set(EXAMPLES) <= files, f"missing example files: {set(EXAMPLES) - files}"
+    import test_examples_golden_new as new  # the examples added with the large-EP / V4-Flash guides
+
+    assert set(new.STEPS) == set(new.EXAMPLES), "new examples with no pinned bring-up order"
+    files = {p.stem for p in INVENTORIES.glob("*.yaml")} - set(new.EXAMPLES)
+    assert files <= set(EXAMPLES), f"example files with no golden table: {sorted(files - set(EXAMPLES))}"
+    assert set(EXAMPLES) <= files, f"golden tables with no example file: {sorted(set(EXAMPLES) - files)}"
+    assert set(STEPS) == set(EXAMPLES), f"examples with no pinned bring-up order: {set(EXAMPLES) ^ set(STEPS)}"
+    assert set(UNSET) <= set(EXAMPLES)
 
 
 @pytest.mark.parametrize("ex", EXAMPLE_CASES)
@@ -875,7 +881,6 @@ def test_plan_header_and_rank_set(ex: Example):
     assert plan["soc"] == ex.soc
     got = sorted((r["group"], r["node"], r["local_rank"]) for r in plan["ranks"])
     assert got == sorted(r.key for r in ex.ranks)
-    assert isinstance(plan["steps"], list) and plan["steps"]
 
 
 @pytest.mark.parametrize("ex, exp", RANK_CASES)
@@ -929,6 +934,11 @@ def test_rank_env(ex: Example, exp: Rank):
             assert var not in env, f"{var} must not be set on group {exp.group}"
         else:
             assert env.get(var) == value, f"{var}: {env.get(var)!r} != {value!r}"
+    # the seed's `unset ...` lines: unset on the node (the rank's "unset" list), never set
+    rank = rank_by_key(plan_of(ex.name), *exp.key)
+    expected_unset = UNSET.get(ex.name, [])
+    assert rank.get("unset", []) == expected_unset
+    assert not set(expected_unset) & set(env)
 
 
 @pytest.mark.parametrize("ex, exp", RANK_CASES)
@@ -954,11 +964,8 @@ def test_rank_kv_transfer_config(ex: Example, exp: Rank):
     assert cfg["kv_role"] == kv.role
     assert cfg["kv_port"] == kv.kv_port          # a string, as in the seeds
     assert cfg["engine_id"] == kv.engine_id      # a string, as in the seeds
-    extra = cfg["kv_connector_extra_config"]
-    assert extra["prefill"] == kv.prefill
-    assert extra["decode"] == kv.decode
-    for key, value in kv.extra.items():
-        assert extra.get(key) == value, key
+    # exactly the seed's: no key more (the CP guide's use_ascend_direct is prefill-only)
+    assert cfg["kv_connector_extra_config"] == {"prefill": kv.prefill, "decode": kv.decode, **kv.extra}
 
 
 @pytest.mark.parametrize("ex", EXAMPLE_CASES)
@@ -979,3 +986,156 @@ def test_proxy(ex: Example):
     assert flag_values(argv, "--prefiller-ports") == exp.prefiller_ports
     assert flag_values(argv, "--decoder-hosts") == exp.decoder_hosts
     assert flag_values(argv, "--decoder-ports") == exp.decoder_ports
+
+
+# --------------------------------------------------------------------------------------------
+# bring-up order: pinned per example, since `deploy up` follows it
+# --------------------------------------------------------------------------------------------
+# Every guide starts a group's master first and its other nodes after it (the V4-Pro guide:
+# "rank0 先起, sleep 4 后 rank1-3"; the P/D guides' node 0 scripts before node 1), the other nodes
+# of a group together; separate groups do not wait for each other (one wave; only the layerwise
+# connector puts decoders first, and no example uses it). Multi-node groups get the setup step
+# (the socket-env guard, the V4-Pro guide's sitecustomize.py).
+
+def step(name, nodes, group=None, role=None, wave=None, via=None):
+    out = {"name": name, "nodes": nodes}
+    for key, value in (("group", group), ("role", role), ("wave", wave), ("via", via)):
+        if value is not None:
+            out[key] = value
+    return out
+
+
+def gate(nodes, setup=True):
+    return [step("check-network", nodes), step("containers", nodes)] + ([step("setup", nodes)] if setup else [])
+
+
+def master(group, node):
+    return step("launch", [node], group, "master", 0)
+
+
+def others(group, nodes):
+    return step("launch", nodes, group, "others", 0)
+
+
+def tail(http, proxy=None, smoke=None):
+    out = [step("readiness", http)]
+    if proxy:
+        out.append(step("proxy", [proxy]))
+    out.append(step("smoke", [proxy or smoke], via="proxy" if proxy else "rank"))
+    return out
+
+
+A3_2P1D_NODES = ["p0", "p1", "d0", "d1"]
+STEPS = {
+    "dsv31-a3-single": gate(["n0"], setup=False) + [master("serve", "n0")] + tail(["n0"], smoke="n0"),
+    "dsv31-a2-2node-internal": gate(["n0", "n1"]) + [master("serve", "n0"), others("serve", ["n1"])]
+    + tail(["n0"], smoke="n0"),
+    "dsv31-a3-2p1d": gate(A3_2P1D_NODES) + [master("p0", "p0"), master("p1", "p1"), master("d", "d0"),
+                                           others("d", ["d1"])] + tail(A3_2P1D_NODES, proxy="p0"),
+    "dsv4-flash-a3-2p1d": gate(A3_2P1D_NODES) + [master("p0", "p0"), master("p1", "p1"), master("d", "d0"),
+                                                others("d", ["d1"])] + tail(A3_2P1D_NODES, proxy="p0"),
+    "dsv4-flash-a2-4p1d": gate(["p0", "p1", "p2", "p3", "d0", "d1", "d2", "d3"])
+    + [master(g, g) for g in ("p0", "p1", "p2", "p3")] + [master("d", "d0"), others("d", ["d1", "d2", "d3"])]
+    + tail(["p0", "p1", "p2", "p3", "d0", "d1", "d2", "d3"], proxy="p0"),
+    "dsv4-pro-a2-32npu": gate(["n0", "n1", "n2", "n3"]) + [master("serve", "n0"), others("serve", ["n1", "n2", "n3"])]
+    + tail(["n0"], smoke="n0"),
+    # the headless node-rank 1 serves no HTTP: readiness asks p0 (its master) and d0
+    "cp-a3-1p1d": gate(["p0", "p1", "d0"]) + [master("p", "p0"), others("p", ["p1"]), master("d", "d0")]
+    + tail(["p0", "d0"], proxy="p0"),
+}
+
+# The seeds' `unset ...` lines (the A2 4P1D scripts: `unset ftp_proxy unset https_proxy unset http_proxy`).
+UNSET = {"dsv4-flash-a2-4p1d": ["ftp_proxy", "https_proxy", "http_proxy"]}
+
+
+@pytest.mark.parametrize("ex", EXAMPLE_CASES)
+def test_bring_up_order(ex: Example):
+    got = [{k: v for k, v in s.items() if k != "detail"} for s in plan_of(ex.name)["steps"]]
+    assert got == STEPS[ex.name]
+
+
+# --------------------------------------------------------------------------------------------
+# containers: the guides' `docker run`, one per node
+# --------------------------------------------------------------------------------------------
+# Copied from the guides (DeepSeek-V4-Flash: the A2 and the A3 command; DeepSeek-V4-Pro on
+# 32 x 910B2: Step 1). Where deploy differs, by design: `-d ... sleep infinity` instead of
+# `--rm -it $IMAGE bash` (ranks are started inside, each on its own), the name is the spec's
+# default, and the deployment's state folder is mounted too.
+
+SEED_DOCKER_FLASH_A2 = """docker run --rm --name $NAME --net=host --shm-size=512g
+--device /dev/davinci0 --device /dev/davinci1 --device /dev/davinci2 --device /dev/davinci3
+--device /dev/davinci4 --device /dev/davinci5 --device /dev/davinci6 --device /dev/davinci7
+--device /dev/davinci_manager --device /dev/devmm_svm --device /dev/hisi_hdc
+-v /usr/local/dcmi:/usr/local/dcmi
+-v /usr/local/Ascend/driver/tools/hccn_tool:/usr/local/Ascend/driver/tools/hccn_tool
+-v /usr/local/bin/npu-smi:/usr/local/bin/npu-smi
+-v /usr/local/Ascend/driver/lib64/:/usr/local/Ascend/driver/lib64/
+-v /usr/local/Ascend/driver/version.info:/usr/local/Ascend/driver/version.info
+-v /etc/ascend_install.info:/etc/ascend_install.info
+-v /etc/hccn.conf:/etc/hccn.conf
+-v /mnt/sfs_turbo/.cache:/root/.cache
+-it $IMAGE bash"""
+
+# The guide's A3 command is the A2 one with /dev/davinci8 .. /dev/davinci15 added (one per die).
+SEED_DOCKER_FLASH_A3 = SEED_DOCKER_FLASH_A2.replace(
+    "--device /dev/davinci7", "--device /dev/davinci7 " + " ".join(f"--device /dev/davinci{i}" for i in range(8, 16)))
+
+SEED_DOCKER_PRO_A2 = """docker run -d --name vllm --net=host --shm-size=1500g
+--device /dev/davinci0 --device /dev/davinci1 --device /dev/davinci2 --device /dev/davinci3
+--device /dev/davinci4 --device /dev/davinci5 --device /dev/davinci6 --device /dev/davinci7
+--device /dev/davinci_manager --device /dev/devmm_svm --device /dev/hisi_hdc
+-v /usr/local/dcmi:/usr/local/dcmi -v /etc/hccn.conf:/etc/hccn.conf
+-v /usr/local/Ascend/driver:/usr/local/Ascend/driver -v /data:/data
+-e HCCL_OP_EXPANSION_MODE=AIV -e TASK_QUEUE_ENABLE=1 -e HCCL_BUFFSIZE=512
+-e VLLM_ASCEND_ENABLE_FLASHCOMM1=1 -e PYTORCH_NPU_ALLOC_CONF=expandable_segments:True
+quay.io/ascend/vllm-ascend:v0.21.0rc1 sleep infinity"""
+
+
+def options(argv: list[str], flag: str) -> list[str]:
+    return [argv[i + 1] for i, tok in enumerate(argv) if tok == flag]
+
+
+@dataclass(frozen=True)
+class SeedContainer:
+    example: str
+    image: str
+    docker_run: str
+    extra_binds: tuple = ()   # the seed leaves these standard driver mounts out (deploy adds them)
+
+
+STANDARD_BINDS = tuple(f"{p}:{p}" for p in (
+    "/usr/local/dcmi", "/usr/local/Ascend/driver/tools/hccn_tool", "/usr/local/bin/npu-smi",
+    "/usr/local/Ascend/driver/lib64/", "/usr/local/Ascend/driver/version.info",
+    "/etc/ascend_install.info", "/etc/hccn.conf"))
+
+CONTAINER_CASES = [pytest.param(c, id=c.example) for c in [
+    SeedContainer("dsv4-flash-a2-4p1d", "quay.io/ascend/vllm-ascend:deepseekv4", SEED_DOCKER_FLASH_A2),
+    SeedContainer("dsv4-flash-a3-2p1d", "quay.io/ascend/vllm-ascend:deepseekv4-a3", SEED_DOCKER_FLASH_A3),
+    SeedContainer("dsv4-pro-a2-32npu", "quay.io/ascend/vllm-ascend:v0.21.0rc1", SEED_DOCKER_PRO_A2,
+                  extra_binds=tuple(b for b in STANDARD_BINDS if b.split(":")[0] not in (
+                      "/usr/local/dcmi", "/etc/hccn.conf"))),
+]]
+
+
+@pytest.mark.parametrize("seed", CONTAINER_CASES)
+def test_containers_match_the_guides_docker_run(seed: SeedContainer):
+    import shlex
+
+    plan = plan_of(seed.example)
+    want = shlex.split(seed.docker_run)
+    nodes = [r["node"] for r in plan["ranks"]]
+    assert [c["node"] for c in plan["containers"]] == list(dict.fromkeys(n for n in EXAMPLES[seed.example].nodes
+                                                                          if n in nodes))
+    for c in plan["containers"]:
+        argv = c["argv"]
+        where = f"{seed.example} {c['node']}"
+        assert c["name"] == f"vllm-{seed.example}" and c["image"] == seed.image, where
+        assert argv[:6] == ["docker", "run", "-d", "--name", c["name"], "--net=host"], where
+        assert argv[-3:] == [seed.image, "sleep", "infinity"], where
+        assert [t for t in argv if t.startswith("--shm-size")] == [t for t in want if t.startswith("--shm-size")]
+        assert "--privileged" not in argv
+        assert options(argv, "--device") == options(want, "--device"), where
+        state = f"/var/tmp/deploy/{seed.example}"
+        assert sorted(options(argv, "-v")) == sorted(options(want, "-v") + list(seed.extra_binds)
+                                                     + [f"{state}:{state}"]), where
+        assert options(argv, "-e") == options(want, "-e"), where

@@ -49,6 +49,8 @@ class NetworkReport:
     unreachable: dict[str, str] = field(default_factory=dict)
     tls_changes: list[str] = field(default_factory=list)
     summary: list[str] = field(default_factory=list)  # cluster-level lines (TLS split, versions)
+    # node -> NodeFacts of the collection step, so `up` builds the rank table without a second pass
+    facts: dict = field(default_factory=dict, repr=False)
 
     @property
     def failed(self) -> list[Check]:

@@ -223,6 +223,7 @@ async def check_network(plan: Plan, cluster: Cluster, nodes: list[str] | None = 
             say(f"TLS changed on {len(report.tls_changes)} devices; re-checking")
             facts, lost = await collect(cluster, plan, list(facts))
             report.unreachable.update(lost)
+    report.facts = facts
     report.checks, report.summary = judge(plan, facts, busy_is_error)
     if ping:
         pairs = [p for p in planned_pairs(plan, list(facts)) if p.src in facts and p.dst in facts]

@@ -6,14 +6,15 @@ import json
 import click
 
 from ..cliutil import load_plan_or_exit
-from ..render import plan_table, rank_scripts
+from ..render import plan_table
+from ..scripts import node_script
 
 
 @click.command("plan")
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (the spec's format).")
 @click.option("--script", "script_node", metavar="NODE",
-              help="Print the node-side launch script(s) `up` will run on NODE.")
+              help="Print what `up` runs on NODE: its docker run, setup, rank scripts and proxy script.")
 def command(inventory: str, as_json: bool, script_node: str | None) -> None:
     """Validate INVENTORY and print the plan: ranks, devices, ports, proxy, ordered steps."""
     plan = load_plan_or_exit(inventory)
@@ -21,7 +22,7 @@ def command(inventory: str, as_json: bool, script_node: str | None) -> None:
         if script_node not in plan.inventory.nodes:
             raise click.BadParameter(f"'{script_node}' is not a node of the inventory "
                                      f"(nodes: {', '.join(plan.inventory.nodes)})", param_hint="--script")
-        text = rank_scripts(plan, script_node)
+        text = node_script(plan, script_node)
         if not text:
             raise click.ClickException(f"node '{script_node}' runs nothing in this plan")
         click.echo(text, nl=False)

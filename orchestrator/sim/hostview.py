@@ -62,22 +62,6 @@ def host_path(root: Path, node: str, path: str) -> Path:
     return node_root(root, node) / norm.lstrip("/")
 
 
-def model_host_path(model_path: str, mounts: list[str]) -> str:
-    """Where on the node model.path (a container path) comes from: through the container.mount
-    whose destination holds it (the longest), else the same path (a `-v P:P` mount)."""
-    best = None
-    for m in mounts:
-        src, _, rest = str(m).partition(":")
-        dst = rest.partition(":")[0].rstrip("/") or "/"
-        if model_path == dst or model_path.startswith(dst.rstrip("/") + "/"):
-            if best is None or len(dst) > len(best[1]):
-                best = (src, dst)
-    if best is None:
-        return model_path
-    src, dst = best
-    return src.rstrip("/") + model_path[len(dst.rstrip("/")):]
-
-
 def _wrapper(tool: Path, ndir: Path) -> str:
     return ("#!/bin/sh\n# deploy sim: this node's " + tool.name + " (the simulator's fake, DIR/bin)\n"
             f'DEPLOY_SIM_NODE="${{DEPLOY_SIM_NODE:-{ndir}}}"\nexport DEPLOY_SIM_NODE\n'
@@ -90,8 +74,24 @@ def _put(path: Path, text: str, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
-def provision(root: Path, node: str, model_path: str | None, driver_version: str,
-              mounts: list[str] = ()) -> Path:
+def model_host_path(model_path: str, mounts: list[str]) -> str:
+    """Where the weights must lie on the node so that `model_path` exists inside the container:
+    through the inventory mount with the longest destination above it (docker's -v SRC:DST)."""
+    best = None
+    for m in mounts or []:
+        parts = str(m).split(":")
+        if len(parts) < 2:
+            continue
+        src, dst = parts[0], parts[1].rstrip("/") or "/"
+        if (model_path == dst or model_path.startswith(dst.rstrip("/") + "/")) and (best is None or len(dst) > len(best[1])):
+            best = (src, dst)
+    if best is None:
+        return model_path
+    src, dst = best
+    return src.rstrip("/") + "/" + model_path[len(dst):].lstrip("/") if model_path != dst else src
+
+
+def provision(root: Path, node: str, model_path: str | None, driver_version: str) -> Path:
     """Create the node's host view; returns DIR/nodes/<node>/root."""
     ndir, base, tools = node_dir(root, node), node_root(root, node), bin_dir(root)
     _put(base / "usr/local/Ascend/driver/tools/hccn_tool", _wrapper(tools / "hccn_tool", ndir), 0o755)
@@ -107,8 +107,7 @@ def provision(root: Path, node: str, model_path: str | None, driver_version: str
     (base / "var/tmp").mkdir(parents=True, exist_ok=True)
     os.chmod(base / "var/tmp", 0o1777)
     if model_path:
-        folder = host_path(root, node, model_host_path(model_path, list(mounts)))
-        _put(folder / "config.json", json.dumps(MODEL_CONFIG, indent=2) + "\n")
+        _put(host_path(root, node, model_path) / "config.json", json.dumps(MODEL_CONFIG, indent=2) + "\n")
     return base
 
 

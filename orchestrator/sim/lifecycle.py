@@ -216,7 +216,7 @@ def _provision_nodes(root: Path, user: str, raw: dict, names: list[str], *, star
                      time_factor: float) -> None:
     """Per node: the host view, the runtime knobs, the fake docker's folders, all owned by the
     nodes' user; once: the runtime programs and the fake registry (the inventory's image)."""
-    from .hostview import chown_tree, provision
+    from .hostview import chown_tree, model_host_path, provision
     from .state import load_state
     from .tools import install_runtime
 
@@ -225,9 +225,11 @@ def _provision_nodes(root: Path, user: str, raw: dict, names: list[str], *, star
     install_runtime(root, [image] if image else [])
     pw = pwd.getpwnam(user)
     model = (raw.get("model") or {}).get("path")
+    if model:  # the host folder the container's model path is mounted from
+        model = model_host_path(model, container.get("mounts") or [])
     for name in names:
         ndir = node_dir(root, name)
-        provision(root, name, model, load_state(ndir).driver_version, container.get("mounts") or [])
+        provision(root, name, model, load_state(ndir).driver_version)
         knobs.write(node_runtime(root, name), {"startup_s": startup, "time_factor": time_factor})
         (node_runtime(root, name) / "hbm").mkdir(exist_ok=True)
         for sub in (containers_dir(root, name), docker_dir(root, name)):

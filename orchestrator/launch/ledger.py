@@ -1,0 +1,120 @@
+"""The local ledger of a deployment: what `up` launched, so `status` and `teardown` act on that
+and not on a re-plan of an inventory edited since.
+
+    $DEPLOY_STATE_DIR/<name>/ledger.json   the plan as launched, per node container id, per rank
+                                           PID and start time, step results (written atomically)
+    $DEPLOY_STATE_DIR/<name>/lock          held (flock) by the running up/teardown; names its holder
+
+The folder is created 0700: the ledger holds the plan, which may hold secrets.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..runlog import state_dir
+
+VERSION = 1
+
+
+class LockHeld(Exception):
+    """Another up/teardown of the same inventory is running."""
+
+
+def deployment_dir(name: str) -> Path:
+    path = state_dir() / name
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with contextlib.suppress(OSError):
+        os.chmod(path, 0o700)
+    return path
+
+
+@contextlib.contextmanager
+def deployment_lock(name: str, command: str):
+    """Exclusive per inventory name; refuses at once with who holds it."""
+    path = deployment_dir(name) / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            raise LockHeld(f"another deploy command is working on '{name}': {holder}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"deploy {command} pid {os.getpid()} on {socket.gethostname()} since "
+                      f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+        os.close(fd)
+
+
+@dataclass
+class RankEntry:
+    key: str
+    node: str
+    group: str
+    pid: int | None = None
+    started: float | None = None  # epoch seconds
+    ready: float | None = None
+    table: str | None = None      # sha256 of the rank table the rank started with
+
+
+@dataclass
+class Ledger:
+    name: str
+    inventory_text: str = ""  # the inventory as launched (status/teardown re-plan from it)
+    inventory_file: str = ""
+    plan: dict = field(default_factory=dict)  # Plan.to_json() as launched
+    containers: dict[str, str] = field(default_factory=dict)  # node -> container id
+    ranks: dict[str, RankEntry] = field(default_factory=dict)  # rank key -> entry
+    proxy_pid: int | None = None
+    ranktable_hash: str | None = None
+    steps: list[dict] = field(default_factory=list)  # {"step", "ok", "detail", "at"}
+    state: str = "new"  # new | launching | serving | failed | torn-down
+
+    @classmethod
+    def path_for(cls, name: str) -> Path:
+        return deployment_dir(name) / "ledger.json"
+
+    @classmethod
+    def load(cls, name: str) -> "Ledger | None":
+        try:
+            data = json.loads(cls.path_for(name).read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise ValueError(f"the ledger {cls.path_for(name)} is unreadable ({e}); "
+                             "move it away to start afresh") from None
+        if data.get("version") != VERSION:
+            raise ValueError(f"the ledger {cls.path_for(name)} has version {data.get('version')}, "
+                             f"expected {VERSION}")
+        ranks = {k: RankEntry(**v) for k, v in data.get("ranks", {}).items()}
+        return cls(name=data["name"], inventory_text=data.get("inventory_text", ""),
+                   inventory_file=data.get("inventory_file", ""), plan=data.get("plan", {}), containers=data.get("containers", {}),
+                   ranks=ranks, proxy_pid=data.get("proxy_pid"), ranktable_hash=data.get("ranktable_hash"), steps=data.get("steps", []),
+                   state=data.get("state", "new"))
+
+    def save(self) -> None:
+        path = self.path_for(self.name)
+        data = {"version": VERSION, "name": self.name, "state": self.state,
+                "inventory_file": self.inventory_file, "inventory_text": self.inventory_text, "plan": self.plan,
+                "containers": self.containers,
+                "ranks": {k: vars(v) for k, v in self.ranks.items()},
+                "proxy_pid": self.proxy_pid, "ranktable_hash": self.ranktable_hash, "steps": self.steps[-200:]}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    def record(self, step: str, ok: bool, detail: str = "") -> None:
+        self.steps.append({"step": step, "ok": ok, "detail": detail[:2000], "at": time.time()})

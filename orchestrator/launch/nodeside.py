@@ -1,0 +1,111 @@
+"""Every command `up`, `status` and `teardown` send to a node, as argv lists or sh text.
+
+Values are always shlex-quoted or passed as positional arguments (`sh -c '...' sh "$1" ...`):
+nothing from the inventory is ever formatted into shell code. Host paths go through
+`nodepaths.host_path` (`${DEPLOY_NODE_ROOT-}` prefix: empty on a real node). Inside the
+container the deployment's state folder is mounted at the same path, unprefixed.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+
+from .. import nodepaths
+
+# `setsid` makes the rank its own session and process group (killed as one), detached from
+# docker exec and from the SSH channel; its PID (= PGID) goes to the pid file.
+_START = 'setsid sh "$1" </dev/null >"$2" 2>&1 & echo $! >"$3"; echo "$!"'
+# Per PID: "<pid> <state letter>" ("-" when gone); zombies count as gone.
+_ALIVE = ('for p in "$@"; do s=$(sed "s/.*) //" /proc/"$p"/stat 2>/dev/null | cut -d" " -f1); '
+          'echo "$p ${s:--}"; done')
+
+
+def docker_exec(container: str, *argv: str) -> list[str]:
+    return ["docker", "exec", container, *argv]
+
+
+def start_detached(container: str, script: str, log: str, pidfile: str) -> list[str]:
+    """Run `sh SCRIPT` in the container in its own session; prints its PID."""
+    return docker_exec(container, "sh", "-c", _START, "sh", script, log, pidfile)
+
+
+def alive(container: str, pids: list[int]) -> list[str]:
+    return docker_exec(container, "sh", "-c", _ALIVE, "sh", *map(str, pids))
+
+
+def parse_alive(stdout: str) -> dict[int, bool]:
+    out = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].isdigit():
+            out[int(parts[0])] = parts[1] not in ("-", "Z", "X")
+    return out
+
+
+def signal_groups(container: str, pids: list[int], sig: str) -> list[str]:
+    """`kill -SIG -PGID` for each rank's process group, inside the container."""
+    return docker_exec(container, "sh", "-c", 'sig=$1; shift; for p in "$@"; do kill -"$sig" -"$p" 2>/dev/null; done; true',
+                       "sh", sig, *map(str, pids))
+
+
+def write_files_script(files: dict[str, tuple[str, int]]) -> str:
+    """sh text that atomically writes host files {path: (content, mode)} under the node root."""
+    lines = ["set -e", 'umask 077']
+    for path, (content, mode) in files.items():
+        target = nodepaths.host_path(path)
+        directory = nodepaths.host_path(path.rsplit("/", 1)[0] or "/")
+        lines.append(f"mkdir -p -- {directory}")
+        lines.append(f"printf '%s' {shlex.quote(content)} > {target}.deploy-tmp")
+        lines.append(f"chmod {mode:o} {target}.deploy-tmp")
+        lines.append(f"mv -f -- {target}.deploy-tmp {target}")
+    return "\n".join(lines) + "\n"
+
+
+def tail_script(paths: list[str], lines: int = 20) -> str:
+    """For each host file: `@@tail PATH`, its last lines."""
+    out = []
+    for p in paths:
+        out.append(f"echo {shlex.quote('@@tail ' + p)}; tail -n {int(lines)} {nodepaths.host_path(p)} 2>/dev/null || true")
+    return "\n".join(out) + "\n"
+
+
+def parse_tails(stdout: str) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    cur = None
+    for line in stdout.splitlines():
+        if line.startswith("@@tail "):
+            cur = line[7:]
+            out[cur] = []
+        elif cur is not None:
+            out[cur].append(line)
+    return {k: "\n".join(v) for k, v in out.items()}
+
+
+def image_present(image: str) -> list[str]:
+    return ["docker", "image", "inspect", "--format", "{{.Id}}", image]
+
+
+def inspect(container: str) -> list[str]:
+    return ["docker", "inspect", container]
+
+
+def remove(container: str) -> list[str]:
+    return ["docker", "rm", "-f", container]
+
+
+# /proc/net/tcp: listening IPv4 sockets as "addr:port" lines (no ss/netstat needed on the node)
+LISTENING = ["cat", "/proc/net/tcp"]
+
+
+def parse_listening(text: str) -> set[tuple[str, int]]:
+    import socket
+    import struct
+
+    out = set()
+    for line in text.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) > 3 and parts[3] == "0A" and re.fullmatch(r"[0-9A-F]{8}:[0-9A-F]{4}", parts[1]):
+            host, port = parts[1].split(":")
+            addr = socket.inet_ntop(socket.AF_INET, struct.pack("<I", int(host, 16)))
+            out.add((addr, int(port, 16)))
+    return out

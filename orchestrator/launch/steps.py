@@ -1,0 +1,159 @@
+"""Typed steps and the one runner that executes them over the `Cluster`.
+
+A step runs a function on many nodes at once; between steps there is a barrier. A node whose
+step failed leaves the run with its reason (later steps skip it), and every result is a value
+with a cause, reported through one event sink that drives both the live progress and the final
+report / `--json`. Facts flow from step to step through the `Context`.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Awaitable, Callable, Protocol
+
+from ..transport import Outcome
+
+
+class Cause(str, Enum):
+    OK = "ok"
+    FAILED = "failed"                # the node answered: the command or check failed
+    COULD_NOT_RUN = "could-not-run"  # no channel, no docker, sudo refused ...
+    TIMED_OUT = "timed-out"
+    UNREACHABLE = "unreachable"
+    REFUSED = "refused"              # deploy refuses to go on (drift, busy device ...)
+    SKIPPED = "skipped"              # not run: the node left the run earlier
+
+
+class Kind(str, Enum):
+    CONNECT = "connect"
+    CHECK_NETWORK = "check-network"
+    RANKTABLE = "ranktable"
+    PREPARE = "prepare"          # state folder and uploads
+    IMAGE = "image"
+    CONTAINERS = "containers"
+    SETUP = "setup"
+    PREFLIGHT = "preflight"
+    LAUNCH = "launch"
+    READINESS = "readiness"
+    PROXY = "proxy"
+    SMOKE = "smoke"
+    STOP_PROXY = "stop-proxy"
+    STOP_RANKS = "stop-ranks"
+    ORPHANS = "orphans"
+    REMOVE_CONTAINERS = "remove-containers"
+    VERIFY = "verify"
+    STATUS = "status"
+
+
+@dataclass
+class NodeResult:
+    node: str
+    cause: Cause
+    message: str = ""
+    fix: str = ""
+    data: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.cause in (Cause.OK, Cause.SKIPPED)
+
+    def to_json(self) -> dict:
+        out = {"node": self.node, "cause": self.cause.value, "message": self.message}
+        if self.fix:
+            out["fix"] = self.fix
+        if self.data:
+            out["data"] = self.data
+        return out
+
+
+def from_outcome(o: Outcome, what: str, fix: str = "") -> NodeResult:
+    """A transport outcome as a step result; `what` says what was being done."""
+    if o.status == "ok":
+        return NodeResult(o.node, Cause.OK, what)
+    if o.status == "unreachable":
+        return NodeResult(o.node, Cause.UNREACHABLE, f"{what}: {o.reason}")
+    if o.rc is None:
+        cause = Cause.TIMED_OUT if "timed out" in o.reason else Cause.COULD_NOT_RUN
+        return NodeResult(o.node, cause, f"{what}: {o.reason}", fix)
+    detail = (o.stderr.strip() or o.stdout.strip() or o.reason).splitlines()
+    tail = " | ".join(detail[-3:])[:600]
+    return NodeResult(o.node, Cause.FAILED, f"{what} failed (exit {o.rc}): {tail}", fix)
+
+
+@dataclass
+class StepReport:
+    kind: Kind
+    label: str
+    results: dict[str, NodeResult]
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        return all(r.ok for r in self.results.values())
+
+    @property
+    def failed(self) -> list[NodeResult]:
+        return [r for r in self.results.values() if not r.ok]
+
+    def to_json(self) -> dict:
+        return {"step": self.kind.value, "label": self.label, "ok": self.ok,
+                "seconds": round(self.seconds, 2),
+                "nodes": {n: r.to_json() for n, r in self.results.items()}}
+
+
+class Events(Protocol):
+    def step_started(self, kind: Kind, label: str, nodes: list[str]) -> None: ...
+    def step_finished(self, report: StepReport) -> None: ...
+    def say(self, text: str) -> None: ...
+
+
+class Runner:
+    """Runs steps over the cluster's nodes; remembers who failed and every report."""
+
+    def __init__(self, cluster, events: Events):
+        self.cluster = cluster
+        self.events = events
+        self.failed: dict[str, NodeResult] = {}
+        self.reports: list[StepReport] = []
+
+    def live(self, nodes: list[str]) -> list[str]:
+        return [n for n in nodes if n not in self.failed]
+
+    async def each(self, kind: Kind, label: str, nodes: list[str],
+                   fn: Callable[[str], Awaitable[NodeResult]]) -> StepReport:
+        """`fn(node)` on every live node at once; a barrier; failures leave the run."""
+        todo = self.live(nodes)
+        self.events.step_started(kind, label, todo)
+        t0 = time.monotonic()
+        results = dict(zip(todo, await asyncio.gather(*(fn(n) for n in todo))))
+        for n in nodes:
+            if n not in results:
+                results[n] = NodeResult(n, Cause.SKIPPED, f"skipped: {self.failed[n].message}")
+        report = StepReport(kind, label, results, time.monotonic() - t0)
+        for r in report.failed:
+            self.failed.setdefault(r.node, r)
+        self.reports.append(report)
+        self.events.step_finished(report)
+        return report
+
+    def add(self, report: StepReport) -> StepReport:
+        """A step computed elsewhere (check-network, readiness) joins the same record."""
+        for r in report.failed:
+            self.failed.setdefault(r.node, r)
+        self.reports.append(report)
+        self.events.step_finished(report)
+        return report
+
+    def to_json(self) -> list[dict]:
+        return [r.to_json() for r in self.reports]
+
+
+def exit_code(results: list[NodeResult], interrupted: int | None = None) -> int:
+    """0 ok, 1 something failed, 4 a node unreachable (4 wins), 130/143 interrupted."""
+    if interrupted:
+        return interrupted
+    if any(r.cause == Cause.UNREACHABLE for r in results):
+        return 4
+    return 0 if all(r.ok for r in results) else 1

@@ -1,0 +1,641 @@
+"""`deploy up`: checks, uploads, image, containers, setup, ranks in order, readiness, proxy, smoke.
+
+Each phase is a typed step run by the one `Runner` over the open `Cluster`. Nothing launches
+until every node passed the checks and pre-flight; ranks start in the plan's order (within a
+group the master's ranks, then at once the other nodes' — never waiting for the master's health,
+which needs every rank); readiness polls /health through the SSH connections already open;
+the ledger records what was launched as it happens, so `status`/`teardown` act on that and a
+second `up` continues from what is healthy.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+
+from .. import nodepaths, scripts
+from ..checks.parsers import npu_info
+from ..plan import ContainerPlan, Plan
+from ..transport import Cluster
+from . import http, nodeside
+from .deployment import RankRef, api_key, by_group, http_ranks, launch_waves, rank_refs, smoke_target
+from .ledger import Ledger, RankEntry
+from .progress import Progress
+from .steps import Cause, Kind, NodeResult, Runner, StepReport, from_outcome
+
+POLL = 2.0             # s between readiness rounds
+HEALTH_TIMEOUT = 3.0   # s per /health request
+PROXY_TIMEOUT = 120.0  # s for the proxy's /healthcheck
+SMOKE_TIMEOUT = 120.0
+LOG_TAIL = 15
+
+
+@dataclass
+class UpOptions:
+    skip_checks: bool = False
+    recreate: bool = False
+    only: list[str] | None = None
+
+
+@dataclass
+class UpResult:
+    ok: bool
+    nothing_to_do: bool = False
+    endpoint: str = ""
+    smoke_text: str = ""
+    ready_seconds: dict[str, float] = field(default_factory=dict)
+    failed_groups: dict[str, str] = field(default_factory=dict)
+    network: dict | None = None
+
+
+class Up:
+    def __init__(self, plan: Plan, cluster: Cluster, progress: Progress, ledger: Ledger,
+                 opts: UpOptions):
+        self.plan, self.cluster, self.progress, self.ledger, self.opts = plan, cluster, progress, ledger, opts
+        self.runner = Runner(cluster, progress)
+        self.inv = plan.inventory
+        self.container = nodepaths.container_name(self.inv)
+        self.refs = rank_refs(plan)
+        groups = [g.name for g in self.inv.groups]
+        self.groups = [g for g in groups if not opts.only or g in opts.only]
+        self.nodes = plan.nodes
+        self.new_containers: set[str] = set()
+        self.keep: set[str] = set()  # groups already healthy: left running
+        self.started = time.monotonic()
+        self.facts: dict | None = None      # check-network's collected facts (rank table input)
+        self.table_text: str | None = None  # the P/D rank table, when the connector needs one
+        self.table_hash: str | None = None
+
+    # ------------------------------------------------------------------ the whole run
+
+    async def run(self) -> UpResult:
+        result = UpResult(ok=False)
+        self.progress.say(f"deploy up {self.plan.name}: {len(self.plan.ranks)} ranks on {len(self.nodes)} nodes")
+        await self.cluster.connect()
+        connect = await self.runner.each(Kind.CONNECT, "connect", self.nodes, self._connect)
+        if not connect.ok:
+            return result
+        self.keep = await self._healthy_groups()
+        if self.keep >= set(self.groups) and self.ledger.state == "serving" and await self._proxy_healthy():
+            result.ok = result.nothing_to_do = True
+            result.endpoint = self._endpoint()
+            self.progress.say("already serving: every rank is healthy and the proxy answers; nothing changed")
+            return result
+        if self.keep:
+            self.progress.say(f"keeping healthy groups running: {', '.join(sorted(self.keep))}")
+        if not self.opts.skip_checks and not await self._check_network(result):
+            return result
+        if self._needs_table() and not await self._ranktable():
+            return result
+        for kind, label, fn in ((Kind.PREPARE, "state folder and scripts", self._prepare),
+                                (Kind.IMAGE, f"image {self.inv.container.image}", self._image),
+                                (Kind.CONTAINERS, f"container {self.container}", self._containers),
+                                (Kind.SETUP, "container setup", self._setup),
+                                (Kind.PREFLIGHT, "pre-flight: model path, free devices", self._preflight)):
+            report = await self.runner.each(kind, label, self.nodes, fn)
+            self._record(report)
+            if not report.ok:
+                return result
+        self.ledger.state = "launching"
+        self.ledger.plan = self.plan.to_json()
+        self.ledger.save()
+        self.started = started = time.monotonic()
+        await self._launch_and_wait(result, started)
+        if result.failed_groups:
+            self.ledger.state = "failed"
+            self.ledger.save()
+            return result
+        if self.plan.proxy is not None and not await self._proxy():
+            return result
+        result.endpoint = self._endpoint()
+        if self.inv.readiness.smoke and not await self._smoke(result):
+            return result
+        self.ledger.state = "serving"
+        self.ledger.save()
+        result.ok = True
+        return result
+
+    def _record(self, report: StepReport) -> None:
+        self.ledger.record(report.kind.value, report.ok,
+                           "; ".join(f"{r.node}: {r.message}" for r in report.failed))
+        self.ledger.save()
+
+    def _endpoint(self) -> str:
+        _node, ip, port = smoke_target(self.plan)
+        return f"http://{ip}:{port}/v1"
+
+    async def _connect(self, node: str) -> NodeResult:
+        o = self.cluster.unreachable.get(node)
+        if o is not None:
+            return NodeResult(node, Cause.UNREACHABLE, o.reason)
+        return NodeResult(node, Cause.OK, "connected")
+
+    # ------------------------------------------------------------------ existing deployment
+
+    async def _healthy_groups(self) -> set[str]:
+        """Groups whose every rank (from the ledger) is alive and, if it serves HTTP, healthy."""
+        if not self.ledger.ranks or self.ledger.plan != self.plan.to_json() or self.opts.recreate:
+            return set()
+        alive = await self._alive_map()
+        healthy = set()
+        for group, refs in by_group(self.refs).items():
+            entries = [self.ledger.ranks.get(r.key) for r in refs]
+            if any(e is None or e.pid is None or not alive.get((r.node, e.pid)) for r, e in zip(refs, entries)):
+                continue
+            codes = await asyncio.gather(*(self._health(r) for r in http_ranks(refs)))
+            if all(c.ok for c in codes):
+                healthy.add(group)
+        return healthy
+
+    async def _alive_map(self) -> dict[tuple[str, int], bool]:
+        """(node, pid) -> alive, for every PID the ledger knows, one docker exec per node."""
+        pids: dict[str, list[int]] = {}
+        for e in self.ledger.ranks.values():
+            if e.pid is not None:
+                pids.setdefault(e.node, []).append(e.pid)
+        out: dict[tuple[str, int], bool] = {}
+
+        async def one(node: str) -> None:
+            o = await self.cluster.run(node, nodeside.alive(self.container, pids[node]), timeout=60)
+            for pid, ok in nodeside.parse_alive(o.stdout).items():
+                out[(node, pid)] = ok and o.status == "ok"
+
+        await asyncio.gather(*(one(n) for n in pids if n not in self.cluster.unreachable))
+        return out
+
+    async def _health(self, ref: RankRef) -> http.Response:
+        return await http.request(lambda h, p: self.cluster.open_tcp(ref.node, h, p),
+                                  ref.rank.ip, ref.rank.port, "GET", "/health", timeout=HEALTH_TIMEOUT)
+
+    async def _proxy_healthy(self) -> bool:
+        if self.plan.proxy is None:
+            return True
+        p = self.plan.proxy
+        r = await http.request(lambda h, pt: self.cluster.open_tcp(p.node, h, pt), p.host, p.port,
+                               "GET", "/healthcheck", timeout=HEALTH_TIMEOUT)
+        return r.ok
+
+    # ------------------------------------------------------------------ checks
+
+    async def _check_network(self, result: UpResult) -> bool:
+        from ..checks.network import check_network
+        from ..checks.report import print_report
+
+        self.progress.step_started(Kind.CHECK_NETWORK, "check-network", self.nodes)
+        t0 = time.monotonic()
+        report = await check_network(self.plan, self.cluster, self.nodes, busy_is_error=True,
+                                     progress=lambda m: self.progress.say(f"  {m}"))
+        kept = self._kept_devices()
+        report.checks = [c for c in report.checks
+                         if not (c.check == "hbm" and c.status == "fail" and (c.node, c.device) in kept)]
+        result.network = report.to_json()
+        self.facts = report.facts
+        results = {n: NodeResult(n, Cause.OK, "network ok") for n in self.nodes}
+        for n, reason in report.unreachable.items():
+            results[n] = NodeResult(n, Cause.UNREACHABLE, reason)
+        for c in report.failed:
+            if c.node in results and results[c.node].ok:
+                dev = f" dev {c.device}" if c.device is not None else ""
+                results[c.node] = NodeResult(c.node, Cause.FAILED, f"{c.check}{dev}: {c.reason} ({c.observed})", c.fix)
+        step = StepReport(Kind.CHECK_NETWORK, "check-network", results, time.monotonic() - t0)
+        if not report.ok:
+            print_report(report, self.progress.console, f"check-network {self.plan.name}: NOT ready; nothing was launched")
+        self.runner.add(step)
+        self._record(step)
+        return report.ok
+
+    def _kept_devices(self) -> set[tuple[str, int]]:
+        return {(r.node, d) for r in self.plan.ranks if r.group in self.keep for d in r.devices}
+
+    # ------------------------------------------------------------------ node steps
+
+    def _files_for(self, node: str) -> dict[str, tuple[str, int]]:
+        files: dict[str, tuple[str, int]] = {}
+        for ref in self.refs:
+            if ref.node == node and ref.rank.group in self.groups:
+                files[ref.script] = (scripts.rank_script(self.plan, ref.rank), 0o700)
+        if self.plan.proxy is not None and self.plan.proxy.node == node:
+            text = scripts.proxy_script(self.plan)
+            if text is not None:
+                files[nodepaths.proxy_script(self.inv)] = (text, 0o700)
+        guard = scripts.sitecustomize_for(self.plan, node)
+        if guard is not None:
+            files[nodepaths.sitecustomize_file(self.inv)] = (guard, 0o644)
+        if self.table_text is not None:
+            files[nodepaths.rank_table_path(self.inv)] = (self.table_text, 0o644)
+        return files
+
+    def _needs_table(self) -> bool:
+        from ..plan import StepKind
+
+        return any(s.kind is StepKind.RANKTABLE for s in self.plan.steps)
+
+    async def _ranktable(self) -> bool:
+        """The P/D rank table from the nodes' live device IPs (check-network's facts: no second
+        round), validated before anything is written; a problem names node and device."""
+        from ..checks.network import collect
+        from ..ranktable import build_table, render_table, table_hash, validate_table
+
+        t0 = time.monotonic()
+        self.progress.step_started(Kind.RANKTABLE, "P/D rank table from live device IPs", self.nodes)
+        if self.facts is None:
+            self.facts, lost = await collect(self.cluster, self.plan, self.nodes)
+            for n, reason in lost.items():
+                self.runner.failed.setdefault(n, NodeResult(n, Cause.UNREACHABLE, reason))
+        table = build_table(self.plan, self.facts, "pd")
+        problems = validate_table(self.plan, table, self.facts)
+        results = {n: NodeResult(n, Cause.OK, "devices in the table") for n in self.nodes}
+        for pr in problems:
+            node = pr.node if pr.node in results else self.nodes[0]
+            if results[node].ok:
+                results[node] = NodeResult(node, Cause.REFUSED, f"rank table: {pr}", pr.fix or
+                                           "deploy ranktable INVENTORY shows the whole table; fix the device IPs")
+        report = StepReport(Kind.RANKTABLE, "rank table", results, time.monotonic() - t0)
+        self.runner.add(report)
+        self._record(report)
+        if problems:
+            return False
+        self.table_text, self.table_hash = render_table(table), table_hash(table)
+        self.ledger.ranktable_hash = self.table_hash
+        return True
+
+    async def _prepare(self, node: str) -> NodeResult:
+        o = await self.cluster.run_script(node, nodeside.write_files_script(self._files_for(node)), timeout=120)
+        return from_outcome(o, f"write {nodepaths.remote_dir(self.inv)}")
+
+    async def _image(self, node: str) -> NodeResult:
+        image = self.inv.container.image
+        o = await self.cluster.run(node, nodeside.image_present(image), timeout=60)
+        if o.status == "ok":
+            return NodeResult(node, Cause.OK, f"{image} present")
+        if o.status == "unreachable":
+            return from_outcome(o, "docker image inspect")
+        if o.rc == 127 or "not found" in o.stderr and "docker" in o.stderr.split(":")[0]:
+            return NodeResult(node, Cause.COULD_NOT_RUN, f"docker is not installed: {o.stderr.strip()[:200]}",
+                              "install docker on the node")
+        self.progress.say(f"  {node}: pulling {image}")
+        pulled = await self.cluster.run(node, ["docker", "pull", image], timeout=3600)
+        return from_outcome(pulled, f"docker pull {image}",
+                            "check the image name and the node's registry access (docker login)")
+
+    async def _containers(self, node: str) -> NodeResult:
+        spec = self.plan.container_on(node)
+        assert spec is not None, f"the plan has no container for {node}"
+        o = await self.cluster.run(node, nodeside.inspect(self.container), timeout=60)
+        if o.status == "unreachable":
+            return from_outcome(o, "docker inspect")
+        if o.status == "ok":
+            try:
+                current = json.loads(o.stdout)[0]
+            except (ValueError, IndexError, KeyError):
+                current = None
+            diff = container_drift(current, spec) if current is not None else ["unreadable docker inspect"]
+            running = bool(current and current.get("State", {}).get("Running"))
+            if not diff and running:
+                return NodeResult(node, Cause.OK, f"reusing container {self.container}")
+            if diff and not self.opts.recreate:
+                return NodeResult(node, Cause.REFUSED,
+                                  f"container {self.container} exists with a different configuration: "
+                                  + "; ".join(diff[:6]),
+                                  f"deploy teardown INVENTORY, or deploy up INVENTORY --recreate, or "
+                                  f"docker rm -f {self.container} on {node}")
+            rm = await self.cluster.run(node, nodeside.remove(self.container), timeout=120)
+            if not rm.ok:
+                return from_outcome(rm, f"docker rm -f {self.container}")
+        created = await self.cluster.run(node, spec.argv, timeout=300)
+        if not created.ok:
+            return from_outcome(created, f"docker run {self.container}",
+                                "see the docker error above; check devices and mounts on the node")
+        cid = created.stdout.strip().splitlines()[-1] if created.stdout.strip() else ""
+        self.ledger.containers[node] = cid
+        self.new_containers.add(node)
+        return NodeResult(node, Cause.OK, f"created {self.container} {cid[:12]}")
+
+    async def _setup(self, node: str) -> NodeResult:
+        if node not in self.new_containers:
+            return NodeResult(node, Cause.OK, "existing container: setup already done")
+        spec = self.plan.container_on(node)
+        assert spec is not None
+        for argv in scripts.setup_argvs(spec):
+            o = await self.cluster.run(node, argv, timeout=600)
+            if not o.ok:
+                return from_outcome(o, f"setup {shlex.join(argv[3:])}", "fix container.setup in the inventory")
+        install = scripts.sitecustomize_install_argv(self.plan, node)
+        if install is not None:
+            o = await self.cluster.run(node, install, timeout=120)
+            if not o.ok:
+                return from_outcome(o, "install the socket env guard (sitecustomize.py)")
+            if o.stdout.strip().endswith("kept"):
+                self.progress.say(f"  {node}: the image has its own sitecustomize.py; left as is "
+                                  "(the socket env guard is not installed)")
+        return NodeResult(node, Cause.OK, "setup done")
+
+    async def _preflight(self, node: str) -> NodeResult:
+        model = self.inv.model.path
+        o = await self.cluster.run(node, nodeside.docker_exec(self.container, "test", "-e", model), timeout=60)
+        if o.status == "unreachable":
+            return from_outcome(o, "pre-flight")
+        if not o.ok:
+            return NodeResult(node, Cause.REFUSED, f"model path {model} does not exist inside container {self.container}",
+                              f"put the weights there on {node}, or add a container.mounts entry that maps them")
+        smi = await self.cluster.run(node, ["npu-smi", "info"], timeout=60)
+        if not smi.ok:
+            return from_outcome(smi, "npu-smi info")
+        info = npu_info(smi.stdout)
+        mine = {d for r in self.plan.ranks_on(node) if r.group in self.groups and r.group not in self.keep
+                for d in r.devices}
+        kept_pids = {e.pid for e in self.ledger.ranks.values() if e.group in self.keep and e.pid}
+        busy = []
+        per = 2 if self.inv.soc == "a3" else 1
+        for p in info.processes:
+            dev = p.npu * per + p.chip
+            if dev in mine and p.pid not in kept_pids:
+                busy.append(f"dev {dev}: pid {p.pid} {p.name} ({p.memory_mb} MB)")
+        if busy:
+            return NodeResult(node, Cause.REFUSED, "devices are in use: " + "; ".join(busy[:8]),
+                              "stop them (deploy teardown INVENTORY, or kill the PIDs on the node)")
+        return NodeResult(node, Cause.OK, "model present, devices free")
+
+    # ------------------------------------------------------------------ ranks
+
+    async def _launch_and_wait(self, result: UpResult, started: float) -> None:
+        todo = [g for g in self.groups if g not in self.keep]
+        groups = by_group(self.refs)
+        deadline = started + self.inv.readiness.timeout
+        waves = [[g for g in w if g in todo] for w in launch_waves(self.plan)]
+        pending: dict[str, float] = {}
+        for wave in waves:
+            if not wave:
+                continue
+            self.progress.step_started(Kind.LAUNCH, f"launch {', '.join(wave)}", [])
+            t0 = time.monotonic()
+            outcomes = await asyncio.gather(*(self._start_group(g, groups[g]) for g in wave))
+            results: dict[str, NodeResult] = {}
+            for g, res in zip(wave, outcomes):
+                if res is None:
+                    pending[g] = time.monotonic()
+                else:
+                    result.failed_groups[g] = res.message
+                    results[res.node] = res
+            for g in wave:
+                for ref in groups[g]:
+                    results.setdefault(ref.node, NodeResult(ref.node, Cause.OK, "started"))
+            report = StepReport(Kind.LAUNCH, f"launch {', '.join(wave)}", results, time.monotonic() - t0)
+            self.runner.add(report)
+            self._record(report)
+        if pending:
+            await self._readiness(pending, groups, deadline, result)
+
+    async def _start_group(self, group: str, refs: list[RankRef]) -> NodeResult | None:
+        """The master's ranks, then every other node's at once. None when all started."""
+        g = next(x for x in self.inv.groups if x.name == group)
+        master = [r for r in refs if r.node == g.nodes[0]]
+        others = [r for r in refs if r.node != g.nodes[0]]
+        for batch in (master, others):
+            for res in await asyncio.gather(*(self._start_rank(r) for r in batch)):
+                if res is not None:
+                    return res
+        return None
+
+    async def _start_rank(self, ref: RankRef) -> NodeResult | None:
+        argv = nodeside.start_detached(self.container, ref.script, ref.log, ref.pidfile)
+        o = await self.cluster.run(ref.node, argv, timeout=60)
+        pid_text = o.stdout.strip().splitlines()[-1] if o.stdout.strip() else ""
+        if not o.ok or not pid_text.isdigit():
+            res = from_outcome(o, f"start {ref.where()}")
+            if o.ok:
+                res = NodeResult(ref.node, Cause.FAILED, f"start {ref.where()}: no PID printed ({o.stdout[:200]!r})")
+            return res
+        self.ledger.ranks[ref.key] = RankEntry(ref.key, ref.node, ref.rank.group, int(pid_text), time.time(),
+                                               table=self.table_hash)
+        return None
+
+    async def _readiness(self, pending: dict[str, float], groups: dict[str, list[RankRef]],
+                         deadline: float, result: UpResult) -> None:
+        self.progress.step_started(Kind.READINESS, f"readiness of {', '.join(pending)}", [])
+        t0 = time.monotonic()
+        ready: dict[str, set[str]] = {g: set() for g in pending}
+        last_line: dict[str, str] = {}
+        self.ledger.save()
+        while pending:
+            now = time.monotonic()
+            alive, tails = await self._poll_processes([r for g in pending for r in groups[g]])
+            for g in list(pending):
+                dead = [r for r in groups[g] if not alive.get(r.key, False)]
+                if dead:
+                    r = dead[0]
+                    log = (await self._tails([r])).get(r.log, "")
+                    msg = f"{r.where()} exited before it was ready; last lines of {r.log}:\n" + _indent(log)
+                    result.failed_groups[g] = msg
+                    self._group_failed(g, msg, r.node)
+                    del pending[g]
+            checks = [(g, r) for g in pending for r in http_ranks(groups[g]) if r.key not in ready[g]]
+            answers = await asyncio.gather(*(self._health(r) for _, r in checks))
+            for (g, r), a in zip(checks, answers):
+                if a.ok:
+                    ready[g].add(r.key)
+                    entry = self.ledger.ranks.get(r.key)
+                    if entry:
+                        entry.ready = time.time()
+            for g in list(pending):
+                need = {r.key for r in http_ranks(groups[g])}
+                if need <= ready[g]:
+                    result.ready_seconds[g] = time.monotonic() - pending[g]
+                    self.progress.say(f"  group {g}: ready in {result.ready_seconds[g]:.1f}s")
+                    del pending[g]
+            for r in (r for g in pending for r in groups[g]):
+                if r.log in tails:
+                    last_line[r.key] = tails[r.log]
+            if pending and now > deadline:
+                for g in list(pending):
+                    slow = [r for r in http_ranks(groups[g]) if r.key not in ready[g]]
+                    r = slow[0] if slow else groups[g][0]
+                    log = (await self._tails([r])).get(r.log, "")
+                    msg = (f"group {g} not ready after {self.inv.readiness.timeout:g}s (readiness.timeout): "
+                           f"{len(ready[g])}/{len(http_ranks(groups[g]))} ranks answer /health; still waiting on "
+                           f"{r.where()}; last lines of {r.log}:\n" + _indent(log))
+                    result.failed_groups[g] = msg
+                    self._group_failed(g, msg, r.node)
+                    del pending[g]
+                break
+            if pending:
+                self.progress.waiting([self._wait_line(g, groups[g], ready[g], last_line, now) for g in pending])
+                self.ledger.save()
+                await asyncio.sleep(POLL)
+        ok = not result.failed_groups
+        res = {n: NodeResult(n, Cause.OK, "ready") for n in self.nodes}
+        for g, msg in result.failed_groups.items():
+            for r in groups[g]:
+                res[r.node] = NodeResult(r.node, Cause.FAILED, msg.splitlines()[0],
+                                         "read the rank's log above; deploy teardown INVENTORY then fix and retry")
+        report = StepReport(Kind.READINESS, "readiness", res, time.monotonic() - t0)
+        self.runner.reports.append(report)
+        self._record(report)
+        if ok:
+            self.progress.step_finished(report)
+        self.ledger.save()
+
+    def _group_failed(self, group: str, msg: str, node: str) -> None:
+        self.progress.say(f"  FAILED group {group} ({node}): {msg}")
+
+    def _wait_line(self, group: str, refs: list[RankRef], ready: set[str], last: dict[str, str], now: float) -> str:
+        n_http = len(http_ranks(refs))
+        slow = next((r for r in http_ranks(refs) if r.key not in ready), refs[0])
+        line = last.get(slow.key, "").strip()[-160:]
+        return (f"group {group}: {len(refs)} ranks started, {len(ready)}/{n_http} ready, "
+                f"{now - self.started:.0f}s; slowest {slow.node}:{slow.rank.port or '-'}: {line or '(no log yet)'}")
+
+    async def _poll_processes(self, refs: list[RankRef]) -> tuple[dict[str, bool], dict[str, str]]:
+        """Per rank key: alive; per log path: its last line. One round trip per node."""
+        by_node: dict[str, list[RankRef]] = {}
+        for r in refs:
+            by_node.setdefault(r.node, []).append(r)
+        alive: dict[str, bool] = {}
+        tails: dict[str, str] = {}
+
+        async def one(node: str) -> None:
+            mine = by_node[node]
+            pids = [self.ledger.ranks[r.key].pid for r in mine if r.key in self.ledger.ranks]
+            script = shlex.join(nodeside.alive(self.container, [p for p in pids if p])) + "\n"
+            script += nodeside.tail_script([r.log for r in mine], 1)
+            o = await self.cluster.run_script(node, script, timeout=60)
+            states = nodeside.parse_alive(o.stdout)
+            t = nodeside.parse_tails(o.stdout)
+            for r in mine:
+                entry = self.ledger.ranks.get(r.key)
+                # an unanswered poll (connection trouble) is not a death
+                alive[r.key] = True if o.status != "ok" and not states else bool(entry and states.get(entry.pid or -1))
+            tails.update(t)
+
+        await asyncio.gather(*(one(n) for n in by_node))
+        return alive, tails
+
+    async def _tails(self, refs: list[RankRef], lines: int = LOG_TAIL) -> dict[str, str]:
+        out: dict[str, str] = {}
+        by_node: dict[str, list[str]] = {}
+        for r in refs:
+            by_node.setdefault(r.node, []).append(r.log)
+        for node, logs in by_node.items():
+            o = await self.cluster.run_script(node, nodeside.tail_script(logs, lines), timeout=60)
+            out.update(nodeside.parse_tails(o.stdout))
+        return out
+
+    # ------------------------------------------------------------------ proxy and smoke
+
+    async def _proxy(self) -> bool:
+        p = self.plan.proxy
+        assert p is not None
+        t0 = time.monotonic()
+        self.progress.step_started(Kind.PROXY, f"proxy on {p.node} {p.host}:{p.port}", [p.node])
+        if not await self._proxy_healthy():
+            inv = self.inv
+            argv = nodeside.start_detached(self.container, nodepaths.proxy_script(inv), nodepaths.proxy_log(inv),
+                                           nodepaths.proxy_pid(inv))
+            o = await self.cluster.run(p.node, argv, timeout=60)
+            if not o.ok:
+                self.runner.add(StepReport(Kind.PROXY, "proxy", {p.node: from_outcome(o, "start the proxy")},
+                                           time.monotonic() - t0))
+                return False
+            pid = o.stdout.strip().splitlines()[-1] if o.stdout.strip() else ""
+            self.ledger.proxy_pid = int(pid) if pid.isdigit() else None
+            self.ledger.save()
+        deadline = time.monotonic() + PROXY_TIMEOUT
+        while time.monotonic() < deadline:
+            if await self._proxy_healthy():
+                self.runner.add(StepReport(Kind.PROXY, "proxy /healthcheck",
+                                           {p.node: NodeResult(p.node, Cause.OK, "proxy answers /healthcheck")},
+                                           time.monotonic() - t0))
+                return True
+            await asyncio.sleep(1.0)
+        log = await self._tail_file(p.node, nodepaths.proxy_log(self.inv))
+        self.runner.add(StepReport(Kind.PROXY, "proxy", {p.node: NodeResult(
+            p.node, Cause.TIMED_OUT, f"the proxy did not answer /healthcheck within {PROXY_TIMEOUT:g}s; "
+            f"last lines of {nodepaths.proxy_log(self.inv)}:\n" + _indent(log))}, time.monotonic() - t0))
+        return False
+
+    async def _tail_file(self, node: str, path: str) -> str:
+        o = await self.cluster.run_script(node, nodeside.tail_script([path], LOG_TAIL), timeout=60)
+        return nodeside.parse_tails(o.stdout).get(path, "")
+
+    async def _smoke(self, result: UpResult) -> bool:
+        node, ip, port = smoke_target(self.plan)
+        t0 = time.monotonic()
+        self.progress.step_started(Kind.SMOKE, f"smoke: one completion through {ip}:{port}", [node])
+        r = await completion(self.cluster, node, ip, port, self.inv.model.served, timeout=SMOKE_TIMEOUT,
+                             key=api_key(self.plan))
+        text = ""
+        if r.ok:
+            try:
+                text = r.json()["choices"][0].get("text") or ""
+            except (ValueError, KeyError, IndexError, TypeError):
+                text = ""
+        if r.ok and text.strip():
+            result.smoke_text = text
+            self.runner.add(StepReport(Kind.SMOKE, "smoke", {node: NodeResult(node, Cause.OK, f"HTTP 200: {text!r}")},
+                                       time.monotonic() - t0))
+            return True
+        what = r.describe() + (f", body {r.text()[:300]!r}" if r.status else "")
+        fix = ("the proxy does not check its backends: deploy status INVENTORY shows which rank is down"
+               if self.plan.proxy is not None else "deploy status INVENTORY; read the API rank's log")
+        if r.status == 401:
+            fix = "the ranks want an API key: set args.api-key (or env VLLM_API_KEY) so deploy can send it"
+        self.runner.add(StepReport(Kind.SMOKE, "smoke", {node: NodeResult(
+            node, Cause.FAILED, f"completion through {ip}:{port} failed: {what}", fix)},
+            time.monotonic() - t0))
+        return False
+
+
+async def completion(cluster: Cluster, node: str, ip: str, port: int, model: str, *, prompt: str = "Hello",
+                     max_tokens: int = 16, timeout: float = 60.0, chat: bool = False,
+                     key: str | None = None) -> http.Response:
+    if chat:
+        body = {"model": model, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens}
+        path = "/v1/chat/completions"
+    else:
+        body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0}
+        path = "/v1/completions"
+    headers = {"Authorization": f"Bearer {key}"} if key else None
+    return await http.request(lambda h, p: cluster.open_tcp(node, h, p), ip, port, "POST", path, body,
+                              timeout=timeout, headers=headers)
+
+
+def container_drift(current: dict, spec: ContainerPlan) -> list[str]:
+    """What differs between an existing container (`docker inspect`) and the plan's."""
+    cfg, host = current.get("Config", {}) or {}, current.get("HostConfig", {}) or {}
+    diff = []
+    if cfg.get("Image") != spec.image:
+        diff.append(f"image {cfg.get('Image')} (plan: {spec.image})")
+    have_dev = {d.get("PathOnHost") for d in host.get("Devices") or []}
+    want_dev = set(spec.devices)
+    if have_dev != want_dev:
+        missing, extra = sorted(want_dev - have_dev), sorted(have_dev - want_dev)
+        diff.append("devices" + (f" missing {', '.join(missing)}" if missing else "")
+                    + (f" extra {', '.join(extra)}" if extra else ""))
+    have_binds, want_binds = set(host.get("Binds") or []), set(spec.binds)
+    if have_binds != want_binds:
+        missing, extra = sorted(want_binds - have_binds), sorted(have_binds - want_binds)
+        diff.append("mounts" + (f" missing {', '.join(missing)}" if missing else "")
+                    + (f" extra {', '.join(extra)}" if extra else ""))
+    env = set(cfg.get("Env") or [])
+    missing_env = [k for k, v in spec.env if f"{k}={v}" not in env]
+    if missing_env:
+        diff.append(f"env {', '.join(missing_env)} differs")
+    if bool(host.get("Privileged")) != spec.privileged:
+        diff.append(f"privileged {bool(host.get('Privileged'))} (plan: {spec.privileged})")
+    if host.get("ShmSize") not in (None, spec.shm_bytes):
+        diff.append(f"shm-size {host.get('ShmSize')} bytes (plan: {spec.shm_size})")
+    mode = host.get("NetworkMode")
+    if mode and mode != "host":
+        diff.append(f"network {mode} (plan: host)")
+    return diff
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines()[-LOG_TAIL:]) or "    (empty log)"
+
+
+def config_hash(plan: Plan) -> str:
+    return hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,192 @@
+"""`deploy up`, `status`, `teardown` end to end: the real CLI against `deploy sim`.
+
+Every example inventory comes up, answers a completion through the proxy (or its API rank),
+shows healthy in `status`, is a no-op the second time, and tears down with no process,
+container or listening port left — checked on the nodes (npu-smi, docker ps, /proc/net/tcp),
+not by trusting our own kill. Refusals name the node (and device) and launch nothing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = sorted(p.name for p in (ROOT / "inventories").glob("*.yaml"))
+MODES = ["openssh", "embedded"] if Path("/usr/sbin/sshd").exists() else ["embedded"]
+STARTUP = "0.3"  # seconds of simulated model loading per rank
+
+
+def deploy(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+class Sim:
+    def __init__(self, source: Path, mode: str, readiness_timeout: float = 120):
+        self.dir = Path(tempfile.mkdtemp(prefix="up-sim-", dir="/tmp"))
+        self.dir.chmod(0o755)
+        data = yaml.safe_load(source.read_text())
+        data.setdefault("readiness", {})["timeout"] = readiness_timeout
+        src = self.dir / "source.yaml"
+        src.write_text(yaml.safe_dump(data, sort_keys=False))
+        self.env = {"DEPLOY_STATE_DIR": str(self.dir / "state")}
+        p = deploy("sim", "up", str(src), "--dir", str(self.dir / "sim"), "--sshd", mode,
+                   "--startup", STARTUP, env=self.env)
+        assert p.returncode == 0, p.stderr
+        self.inventory = p.stdout.strip().splitlines()[-1]
+        self.inv = yaml.safe_load(Path(self.inventory).read_text())
+
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+        return deploy(*args, env=self.env, timeout=timeout)
+
+    def json(self, *args: str) -> tuple[int, dict]:
+        p = self.run(*args, "--json")
+        try:
+            doc = json.loads(p.stdout)
+        except ValueError:
+            raise AssertionError(f"not one JSON object on stdout (rc {p.returncode}):\n{p.stdout}\n{p.stderr}")
+        return p.returncode, doc
+
+    def node_exec(self, *argv: str, nodes: str | None = None) -> dict:
+        args = ["exec", self.inventory, "--json"] + (["--nodes", nodes] if nodes else []) + ["--", *argv]
+        p = self.run(*args)
+        return json.loads(p.stdout)["nodes"]
+
+    def fault(self, node: str, fault: str, device: int | None = None) -> None:
+        args = ["sim", "fault", "--dir", str(self.dir / "sim"), node, fault]
+        if device is not None:
+            args += ["--device", str(device)]
+        p = self.run(*args)
+        assert p.returncode == 0, p.stderr
+
+    def assert_nothing_left(self) -> None:
+        """On every node: no container, no process in npu-smi, no deployment port listening."""
+        ps = self.node_exec("docker", "ps", "-a", "-q")
+        assert all(o["stdout"].strip() == "" for o in ps.values()), ps
+        smi = self.node_exec("npu-smi", "info")
+        for node, o in smi.items():
+            assert o["status"] == "ok", o
+            assert "Process id" in o["stdout"]
+            rows = [ln for ln in o["stdout"].splitlines() if ln.startswith("|") and "No running processes" not in ln]
+            procs = [ln for ln in rows if ln.count("|") == 5 and ln.split("|")[2].strip().isdigit()]
+            assert not procs, f"{node} still has processes:\n" + "\n".join(procs)
+        addrs = {n["host"] for n in self.inv["nodes"].values()}
+        ports = _plan_ports(self.inventory)
+        held = [(a, p) for a, p in _listening() if a in addrs and p in ports]
+        assert not held, f"still listening: {held}"
+
+    def down(self) -> None:
+        self.run("sim", "down", "--dir", str(self.dir / "sim"))
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _plan_ports(inventory: str) -> set[int]:
+    plan = json.loads(deploy("plan", inventory, "--json").stdout)
+    ports = {r["port"] for r in plan["ranks"] if r["port"]}
+    ports |= {p for r in plan["ranks"] if r.get("kv_ports") for p in range(r["kv_ports"][0], r["kv_ports"][1] + 1)}
+    if plan["proxy"]:
+        ports.add(plan["proxy"]["port"])
+    return ports
+
+
+def _listening() -> set[tuple[str, int]]:
+    from orchestrator.launch.nodeside import parse_listening
+
+    return parse_listening(Path("/proc/net/tcp").read_text())
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_example_comes_up_serves_and_tears_down_clean(example):
+    sim = Sim(ROOT / "inventories" / example, MODES[0])
+    try:
+        code, doc = sim.json("up", sim.inventory)
+        assert code == 0 and doc["ok"], json.dumps(doc, indent=1)[:4000]
+        assert doc["smoke_text"].strip(), doc
+        code, st = sim.json("status", sim.inventory)
+        assert code == 0 and st["ok"], json.dumps(st, indent=1)[:3000]
+        assert all(r["alive"] and r["healthy"] for r in st["ranks"])
+        code, again = sim.json("up", sim.inventory)
+        assert code == 0 and again["nothing_to_do"], again
+        code, td = sim.json("teardown", sim.inventory)
+        assert code == 0 and td["ok"], json.dumps(td, indent=1)[:3000]
+        sim.assert_nothing_left()
+        code, td2 = sim.json("teardown", sim.inventory)  # safe to run twice
+        assert code == 0 and td2["ok"]
+    finally:
+        sim.down()
+
+
+SMALL = ROOT / "inventories" / "dsv31-a3-2p1d.yaml"
+
+
+@pytest.fixture(scope="module", params=MODES)
+def small(request):
+    sim = Sim(SMALL, request.param)
+    yield sim
+    sim.down()
+
+
+def test_checks_red_refuses_before_anything_launches(small):
+    small.fault("d1", "link-down", device=5)
+    try:
+        p = small.run("up", small.inventory)
+        assert p.returncode == 1, p.stderr
+        assert "d1" in p.stderr and "link" in p.stderr and "5" in p.stderr
+        ps = small.node_exec("docker", "ps", "-a", "-q")
+        assert all(o["stdout"].strip() == "" for o in ps.values()), "a container was created"
+    finally:
+        small.fault("d1", "clear")
+
+
+def test_busy_device_refused_naming_node_device_and_pid(small):
+    small.fault("p1", "hbm-held", device=3)
+    try:
+        p = small.run("up", small.inventory, "--skip-checks")
+        assert p.returncode == 1
+        assert "p1" in p.stderr and "dev 3" in p.stderr and "VLLM::EngineCore" in p.stderr
+        assert "teardown" in p.stderr  # says what to do
+    finally:
+        small.fault("p1", "clear")
+        small.run("teardown", small.inventory)
+
+
+def test_container_drift_refused_then_recreate(small):
+    name = "vllm-" + small.inv["name"]
+    made = small.node_exec("docker", "run", "-d", "--name", name, "--net=host", small.inv["container"]["image"],
+                           "sleep", "infinity", nodes="d0")
+    if made["d0"]["status"] != "ok":  # the image must be pulled first
+        small.node_exec("docker", "pull", small.inv["container"]["image"], nodes="d0")
+        made = small.node_exec("docker", "run", "-d", "--name", name, "--net=host",
+                               small.inv["container"]["image"], "sleep", "infinity", nodes="d0")
+    assert made["d0"]["status"] == "ok", made
+    try:
+        p = small.run("up", small.inventory, "--skip-checks")
+        assert p.returncode == 1
+        assert "d0" in p.stderr and "different configuration" in p.stderr and "/dev/davinci0" in p.stderr
+        assert "--recreate" in p.stderr
+        code, doc = small.json("up", small.inventory, "--skip-checks", "--recreate")
+        assert code == 0 and doc["ok"], json.dumps(doc)[:3000]
+    finally:
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td
+        small.assert_nothing_left()
+
+
+def test_second_up_while_one_runs_is_refused(small):
+    from orchestrator.launch.ledger import deployment_lock
+
+    os.environ["DEPLOY_STATE_DIR"] = small.env["DEPLOY_STATE_DIR"]
+    try:
+        with deployment_lock(small.inv["name"], "up"):
+            p = small.run("teardown", small.inventory)
+            assert p.returncode == 1 and "another deploy command" in p.stderr and "deploy up pid" in p.stderr
+    finally:
+        os.environ.pop("DEPLOY_STATE_DIR", None)

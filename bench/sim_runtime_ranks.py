@@ -5,7 +5,7 @@ waits until every /health is 200, then measures over --seconds: the summed RSS a
 process the ranks started (front ends and VLLM::EngineCore children), then stops them with SIGTERM
 and checks that no HBM claim is left. Bound: under 10 % of one core and 4 GiB RSS in total.
 
-    python3 bench/sim_runtime.py [--ranks 64] [--seconds 20]
+    python3 bench/sim_runtime_ranks.py [--ranks 64] [--seconds 20]
 """
 from __future__ import annotations
 

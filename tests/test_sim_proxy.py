@@ -13,7 +13,8 @@ import time
 
 import pytest
 
-from test_sim_vllm import PROXY, cluster, http_get, http_post, kv, refused, wait_healthy  # noqa: F401
+from test_sim_vllm import PROXY, http_get, http_post, kv, refused, wait_healthy
+from test_sim_vllm import cluster  # noqa: F401  (the fixture)
 
 
 def _wait_listening(host: str, port: int, timeout: float = 10.0) -> None:
@@ -177,3 +178,24 @@ def test_proxy_sigterm_closes_its_port(cluster):
     assert px.wait() == 0
     assert refused(n.address, 1999)
     assert "Finished server process" in px.text()
+
+
+def test_instances_added_at_run_time_join_after_their_probe(cluster):
+    n, _p, _d = _pd(cluster)
+    _proxy(cluster, n, "--waiting-retry-interval", "0.2", "--max-waiting-retries", "20")
+    status, body = http_post(n.address, 1999, "/instances/add", {"type": "decode", "instances": [f"{n.address}:7300"]})
+    assert status == 200 and json.loads(body)["message"] == f"Instances ['{n.address}:7300'] are waiting to be added."
+    time.sleep(0.5)
+    assert json.loads(http_get(n.address, 1999, "/healthcheck")[1])["decode_instances"] == 1
+    extra = cluster.vllm(n, "--port", "7300", "--served-model-name", "ds",
+                         "--kv-transfer-config", kv("kv_consumer", 30200, "2"), ASCEND_RT_VISIBLE_DEVICES="2")
+    wait_healthy(n.address, 7300)
+    deadline = time.monotonic() + 10
+    while json.loads(http_get(n.address, 1999, "/healthcheck")[1])["decode_instances"] != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    status, body = http_post(n.address, 1999, "/instances/remove", {"type": "decode", "instances": [f"{n.address}:7200"]})
+    assert json.loads(body)["current_decode_instances"] == [f"{n.address}:7300"]
+    assert http_post(n.address, 1999, "/v1/completions", {"model": "ds", "prompt": "x", "max_tokens": 2})[0] == 200
+    assert extra.text().count('"POST /v1/completions HTTP/1.1" 200') == 1
+    assert http_post(n.address, 1999, "/reset_prefix_cache", {})[0] == 200

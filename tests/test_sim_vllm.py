@@ -307,6 +307,16 @@ def test_vllm_rejections_with_the_real_messages(cluster, argv, line):
     assert not n.holders()
 
 
+def test_mooncake_prefill_tp_below_decode_tp_fails_in_the_engine(cluster):
+    n = cluster.node("n0", 1)
+    q = cluster.vllm(n, "--port", "7101", "-tp", "2", "--kv-transfer-config",
+                     kv("kv_consumer", 30100, "1", p=(1, 1), d=(1, 2)))
+    assert q.wait() == 1
+    assert "ValueError: prefill_tp_size: 1 must be greater than or equal to the decode_tp_size: 2" in q.text()
+    assert "RuntimeError: Engine core initialization failed." in q.text()
+    assert not n.holders()
+
+
 def test_visible_devices_the_container_lacks(cluster, tmp_path):
     n = cluster.node("n0", 1)
     container = tmp_path / "containers" / "vllm-x"
@@ -408,7 +418,8 @@ def test_single_rank_binds_early_serves_and_stops_cleanly(cluster):
     status, body = http_get(n.address, 7100, "/metrics")
     metrics = body.decode()
     for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc"):
-        assert f'{name}{{engine="0",model_name="ds"}}' in metrics
+        assert f'{name}{{engine="0",model_name="ds"}} 0.0' in metrics
+    assert 'vllm:generation_tokens_total{engine="0",model_name="ds"} 8.0' in metrics
     os.kill(p.pid, signal.SIGTERM)
     assert p.wait() == 0
     wait_gone(members)
@@ -459,6 +470,36 @@ def test_sigkill_of_the_rank_leaves_an_orphan_holding_hbm_and_a_new_rank_is_refu
     assert not n.holders([0])
 
 
+def test_orphan_of_a_dp_rank_refuses_its_devices_when_the_group_is_restarted(cluster):
+    """A DP rank reaches its device init only once its whole DP group has formed (vLLM inits the DP
+    group before the workers): restarting the group, not the one rank, meets the orphan's HBM."""
+    n = cluster.node("p0", 1)
+
+    def rank(r: int, log: str) -> "Proc":
+        return cluster.vllm(n, "--port", str(7100 + r), "--data-parallel-size", "2", "--data-parallel-rank", str(r),
+                            "--data-parallel-address", n.address, "--data-parallel-rpc-port", "12321", "-tp", "4",
+                            log=log, ASCEND_RT_VISIBLE_DEVICES="0,1,2,3" if r == 0 else "4,5,6,7")
+    r0, r1 = rank(0, "r0.log"), rank(1, "r1.log")
+    wait_healthy(n.address, 7100)
+    wait_healthy(n.address, 7101)
+    engine0 = [p for p in r0.group_members() if comm(p) == "VLLM::EngineCor"]
+    os.kill(r0.pid, signal.SIGKILL)
+    time.sleep(1.0)
+    assert {pid for _d, pid, _mb, _n in n.holders([0, 1, 2, 3])} == set(engine0), "the orphan keeps rank 0's HBM"
+    assert http_get(n.address, 7101, "/health")[0] == 200, "rank 1 does not notice"
+    alone = rank(0, "r0-alone.log")  # rank 0 restarted alone: its DP group cannot form (rank 1 is in the old one)
+    assert alone.wait() == 1
+    assert "TimeoutError: Timed out waiting for engine core processes to start." in alone.text()
+    assert "Free memory" not in alone.text()
+    os.kill(r1.pid, signal.SIGTERM)  # the whole group, then: stop rank 1, start both
+    assert r1.wait() == 0
+    again0, again1 = rank(0, "r0b.log"), rank(1, "r1b.log")
+    assert again0.wait() == 1
+    assert "ValueError: Free memory on device (6.07/60.7 GiB) on startup is less than desired GPU memory " \
+           "utilization (0.9, 54.63 GiB)." in again0.text()
+    assert "Free memory" not in again1.text()
+
+
 def test_hardware_held_hbm_refuses_a_rank(cluster):
     n = cluster.node("n0", 1)
     n.devices[0]["processes"] = [{"pid": os.getpid(), "name": "VLLM::EngineCore", "memory_mb": 60000}]
@@ -493,6 +534,28 @@ def test_external_dp_group_nobody_healthy_until_all_joined(cluster):
     wait_healthy(b.address, 7101)
     assert r1.p.poll() is None and r0.p.poll() is None
     assert [d for d, *_ in a.holders()] == [0] and [d for d, *_ in b.holders()] == [1]
+    assert "Started DP Coordinator process (PID: " in r0.text()
+    assert sorted(comm(p) for p in r0.group_members()) == ["VLLM::DPCoordin", "VLLM::EngineCor", "python3"]
+    members = r0.group_members() + r1.group_members()
+    for r in (r0, r1):
+        os.kill(r.pid, signal.SIGTERM)
+        assert r.wait() == 0
+    wait_gone(members)
+    assert not a.holders() and not b.holders()
+
+
+def test_env_driven_dp_of_the_large_ep_guide(cluster):
+    n = cluster.node("n0", 1)
+    env = {"VLLM_DP_SIZE": "2", "VLLM_DP_MASTER_IP": n.address, "VLLM_DP_MASTER_PORT": "13500",
+           "VLLM_ASCEND_EXTERNAL_DP_LB_ENABLED": "1"}
+    r1 = cluster.vllm(n, "--port", "7101", VLLM_DP_RANK="1", VLLM_DP_RANK_LOCAL="1", ASCEND_RT_VISIBLE_DEVICES="1",
+                      **env)
+    time.sleep(0.8)
+    assert refused(n.address, 7101)
+    cluster.vllm(n, "--port", "7100", VLLM_DP_RANK="0", VLLM_DP_RANK_LOCAL="0", ASCEND_RT_VISIBLE_DEVICES="0", **env)
+    wait_healthy(n.address, 7100)
+    wait_healthy(n.address, 7101)
+    assert r1.p.poll() is None
 
 
 def test_a_rank_restarted_alone_cannot_rejoin_its_formed_group(cluster):
@@ -516,8 +579,8 @@ def test_missing_rank_hangs_then_front_end_times_out_and_engine_keeps_running(cl
     assert ("TimeoutError: Timed out waiting for engine core processes to start. This is often caused by slow weight "
             "loading for large models. Waited 600s (configured by VLLM_ENGINE_READY_TIMEOUT_S). To increase the "
             "timeout, set the environment variable: VLLM_ENGINE_READY_TIMEOUT_S=<seconds>") in r0.text()
-    left = group_pids(r0.pid)
-    assert left and all(comm(p) == "VLLM::EngineCor" for p in left), "engine cores outlive the front end"
+    left = sorted(comm(p) for p in group_pids(r0.pid))
+    assert left == ["VLLM::DPCoordin", "VLLM::EngineCor"], "engine core and DP coordinator outlive the front end"
 
 
 def test_rank_without_front_end_fails_the_handshake_after_5_minutes(cluster):
@@ -662,6 +725,18 @@ def test_mooncake_side_channel_ranges_that_overlap(cluster):
     text = b.text()
     assert f"zmq.error.ZMQError: Address already in use (addr='tcp://{n.address}:30001')" in text
     assert f"KVCacheSendingThread started listening on path: tcp://{n.address}:30002" in text
+    # a decode handed b's kv_transfer_params reaches a's listener on b's port: the transfer fails
+    d = cluster.vllm(n, "--port", "7200", "--kv-transfer-config", kv("kv_consumer", 30100, "2", p=(1, 2)),
+                     ASCEND_RT_VISIBLE_DEVICES="4")
+    wait_healthy(n.address, 7200)
+    params = json.loads(http_post(n.address, 7101, "/v1/completions", {
+        "prompt": "x", "max_tokens": 1, "kv_transfer_params": {"do_remote_decode": True}})[1])["kv_transfer_params"]
+    assert params["remote_port"] == 30001 and params["remote_engine_id"] == "1"
+    status, _ = http_post(n.address, 7200, "/v1/completions", {"prompt": "x", "max_tokens": 2,
+                                                               "kv_transfer_params": params})
+    assert status == 200
+    assert f"Failed to connect to target: {n.address}:30001, status: 103900" in d.text()
+    assert "Mooncake transfer failed for request" in d.text()
 
 
 # -------------------------------------------------------------------------------------------------

@@ -49,6 +49,20 @@ _UTILS = "/vllm-workspace/vllm/vllm/v1/engine/utils.py"
 _CLIENT = "/vllm-workspace/vllm/vllm/v1/engine/core_client.py"
 _TORCH = "/usr/local/python3.11.14/lib/python3.11/site-packages/torch/__init__.py"
 _STRIPPED_ENV = ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME")
+# rank 0's VLLM::DPCoordinator process: idle here (the rendezvous stays in the front end), but a
+# process of the rank's group that outlives a SIGKILL of the front end like the engine cores
+_COORDINATOR = """import signal, sys
+try:
+    open("/proc/self/comm", "w").write("VLLM::DPCoordinator"[:15])
+except OSError:
+    pass
+def _stop(*_):
+    sys.exit(0)
+signal.signal(signal.SIGTERM, _stop)
+signal.signal(signal.SIGINT, _stop)
+while True:
+    signal.pause()
+"""
 
 
 def _top() -> list[tuple[str, int, str, str]]:
@@ -76,6 +90,8 @@ class Frontend:
         self.started = time.monotonic()
         self.tf = self.node.time_factor
         self.children: list[dict] = []
+        self.coordinator: subprocess.Popen | None = None
+        self.orphans = False
         self.rdzv: Rendezvous | None = None
         self.sock: socket.socket | None = None
         self.server: http.Server | None = None
@@ -85,6 +101,10 @@ class Frontend:
         self.stop = None  # asyncio.Event
         self.exit_code = 0
         self.cfg: vllm_args.ServeConfig | None = None
+        self.devices: list[list[int]] = []
+        self.listen_host = "0.0.0.0"
+        self.metrics: oai.Metrics | None = None
+        self.ready_limit = 600
 
     # start-up checks -------------------------------------------------------------------------
     def fail(self, last: str, frames: list | None = None, lines: list[str] | None = None) -> int:
@@ -170,8 +190,8 @@ class Frontend:
             ids = logical[i * per:(i + 1) * per]
             if len(ids) < per:
                 return [], self.engine_init_failed(
-                    f"RuntimeError: Initialize:build/CMakeFiles/torch_npu.dir/compiler_depend.ts:217 NPU function "
-                    f"error: c10_npu::SetDevice(device_id_), error code is 107001",
+                    "RuntimeError: Initialize:build/CMakeFiles/torch_npu.dir/compiler_depend.ts:217 NPU function "
+                    "error: c10_npu::SetDevice(device_id_), error code is 107001",
                     [f"EE1001: [PID: {self.pid}] {plog_time()} The argument is invalid.Reason: rtSetDevice execute "
                      f"failed, reason=[device id error][FUNC:FuncErrorReason] (local world size {per * count} > "
                      f"visible device count {len(logical)})"])
@@ -196,6 +216,11 @@ class Frontend:
         rc = self.check_environment()
         if rc is not None:
             return rc
+        try:  # vllm/envs.py: int(os.getenv("VLLM_ENGINE_READY_TIMEOUT_S", "600"))
+            self.ready_limit = int(self.env.get("VLLM_ENGINE_READY_TIMEOUT_S", "600"))
+        except ValueError:
+            return self.fail(f"ValueError: invalid literal for int() with base 10: "
+                             f"{self.env['VLLM_ENGINE_READY_TIMEOUT_S']!r}")
         try:
             cfg = vllm_args.resolve(args, self.env)
         except vllm_args.ServeError as e:
@@ -283,6 +308,18 @@ class Frontend:
             out.append([side + idx, tp_rank, pp_rank, pcp_rank])
         return out
 
+    def pd_tp(self) -> dict:
+        """prefill/decode tp_size of a Mooncake P2P connector's extra config (its worker checks them)."""
+        cfg = self.cfg
+        assert cfg is not None
+        connector = str((cfg.kv or {}).get("kv_connector", ""))
+        if "Mooncake" not in connector or "Layerwise" in connector:
+            return {}
+        p, d = cfg.extra("prefill") or {}, cfg.extra("decode") or {}
+        if isinstance(p, dict) and isinstance(d, dict) and "tp_size" in p and "tp_size" in d:
+            return {"prefill_tp": p["tp_size"], "decode_tp": d["tp_size"]}
+        return {}
+
     def spawn_engines(self, group: dict | None) -> None:
         cfg = self.cfg
         assert cfg is not None
@@ -302,11 +339,10 @@ class Frontend:
             gloo_port = self.args.master_port if cfg.nnodes > 1 else 29500
             spec = {"name": name, "title": title, "index": index, "devices": devs, "group": group,
                     "util": self.args.gpu_memory_utilization, "time_factor": self.tf,
-                    "startup_s": self.node.startup_s, "slow_s": float(faults.get("slow-start") or 0)
-                    if "slow-start" in faults else 0.0,
+                    "startup_s": self.node.startup_s, "slow_s": float(faults.get("slow-start") or 0),
                     "never_ready": "never-ready" in faults, "crash_at_start": "crash-at-start" in faults,
                     "kv_ports": self.kv_ports(dp_rank, lo, hi), "engine_id": str((cfg.kv or {}).get("engine_id", "")),
-                    "gloo_port": gloo_port}
+                    "gloo_port": gloo_port, **self.pd_tp()}
             r, w = os.pipe()
             env_i = dict(env, DEPLOY_SIM_ENGINE_SPEC=json.dumps(spec), DEPLOY_SIM_STATUS_FD=str(w))
             proc = subprocess.Popen([sys.executable, ENGINE_PY], env=env_i, pass_fds=[w], stdin=subprocess.DEVNULL)
@@ -347,10 +383,14 @@ class Frontend:
             elif group is not None:
                 self.log.info("serve.py:236", f"Launching {cfg.dp_local} data parallel engine(s) in headless mode, "
                               f"with head node address tcp://{group['leader'][0]}:{group['leader'][1]}.")
+        if leader and cfg.nnodes == 1 and cfg.dp_size > 1:
+            self.coordinator = subprocess.Popen([sys.executable, "-c", _COORDINATOR], stdin=subprocess.DEVNULL)
+            self.log.info("utils.py:835", f"Started DP Coordinator process (PID: {self.coordinator.pid})")
         self.spawn_engines(group)
         for c in self.children:
             loop.add_reader(c["fd"], self.on_status, c)
         ticker = asyncio.create_task(self.tick())
+        ticker.add_done_callback(self._tick_done)
         try:
             await self.stop.wait()
         finally:
@@ -460,9 +500,18 @@ class Frontend:
         assert self.stop is not None
         self.stop.set()
 
+    def _tick_done(self, task: asyncio.Task) -> None:
+        """A bug in the ticker must not leave a rank without its timeouts and faults: fail loudly."""
+        if not task.cancelled() and task.exception() is not None:
+            import traceback
+            traceback.print_exception(task.exception())
+            self.exit_code = 1
+            assert self.stop is not None
+            self.stop.set()
+
     async def tick(self) -> None:
         """Once a second: faults, the ready timeout, the wait log. Sleeps in between (64 ranks idle)."""
-        ready_limit = float(self.env.get("VLLM_ENGINE_READY_TIMEOUT_S", "600") or 600)
+        ready_limit = float(self.ready_limit)
         next_log = time.monotonic() + max(1.0, 10.0 * self.tf)
         step = max(0.05, min(1.0, 10.0 * self.tf, ready_limit * self.tf / 4))
         killed = False
@@ -478,9 +527,10 @@ class Frontend:
                                   "engine_core.run_busy_loop()")],
                                 f"RuntimeError: Worker failed with error 'rank crashed (deploy sim fault "
                                 f"crash-after:{crash})'", self.log.prefix)
-                for c in self.children:
+                for proc in [c["proc"] for c in self.children] + [self.coordinator]:
                     try:
-                        c["proc"].kill()
+                        if proc is not None:
+                            proc.kill()
                     except OSError:
                         pass
                 os._exit(1)
@@ -510,7 +560,7 @@ class Frontend:
 
     def ready_timeout(self, limit: float) -> None:
         """core_client.py: the front end gives up; its engine processes keep running (orphans)."""
-        lim = int(limit) if float(limit).is_integer() else limit
+        lim = int(limit)
         self.exit_code = self.fail(
             f"TimeoutError: Timed out waiting for engine core processes to start. This is often caused by slow weight "
             f"loading for large models. Waited {lim}s (configured by VLLM_ENGINE_READY_TIMEOUT_S). To increase the "
@@ -518,10 +568,16 @@ class Frontend:
             _top() + [(_CLIENT, 640, "__init__", "raise TimeoutError(")])
         for c in self.children:
             c["orphan"] = True
+        self.orphans = True
         assert self.stop is not None
         self.stop.set()
 
     def terminate_children(self, sig: int = signal.SIGTERM) -> None:
+        if self.coordinator is not None and not self.orphans:
+            try:
+                self.coordinator.send_signal(sig)
+            except OSError:
+                pass
         for c in self.children:
             if c.get("orphan"):
                 continue
@@ -553,6 +609,11 @@ class Frontend:
                 await asyncio.sleep(0.05)
             if c["proc"].poll() is None:
                 c["proc"].kill()
+        if self.coordinator is not None and not self.orphans:
+            while self.coordinator.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if self.coordinator.poll() is None:
+                self.coordinator.kill()
         if self.headless and graceful:
             self.log.info("serve.py:262", "Shutting down.")
         return self.exit_code
@@ -571,7 +632,7 @@ class Frontend:
             return http.Response(503 if self.dead else 200, b"", None)
         if path == "/version":
             return http.json_response({"version": VLLM_VERSION})
-        if path == "/metrics":
+        if path == "/metrics" and self.metrics is not None:
             return http.Response(200, self.metrics.text().encode(), "text/plain; version=0.0.4; charset=utf-8")
         if path == "/reset_prefix_cache" and method == "POST":
             return http.Response(200, b"", None)
@@ -602,8 +663,8 @@ class Frontend:
             for name in cfg.served_names]}
 
     async def generate(self, req: http.Request, chat: bool) -> http.Response:
-        cfg = self.cfg
-        assert cfg is not None
+        cfg, m = self.cfg, self.metrics
+        assert cfg is not None and m is not None
         try:
             body = req.json()
             if not isinstance(body, dict):
@@ -648,22 +709,22 @@ class Frontend:
         n = oai.max_tokens(body, _max_model_len(self.args.max_model_len), p)
         toks = oai.tokens_for(prompt, n, self.garbage)
         token_s = float(self.node.config.get("token_s", 0.0))
-        self.metrics.prompt_tokens += p
+        m.prompt_tokens += p
         if not body.get("stream"):
-            self.metrics.running += 1
+            m.running += 1
             try:
                 if token_s:
                     await asyncio.sleep(token_s * len(toks))
             finally:
-                self.metrics.running -= 1
-            self.metrics.generation_tokens += len(toks)
-            self.metrics.success += 1
+                m.running -= 1
+            m.generation_tokens += len(toks)
+            m.success += 1
             return http.json_response(oai.full_response(chat, rid, model, toks, p, out_kv))
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         events = oai.sse_events(chat, rid, model, toks, p, include_usage)
 
         async def stream():
-            self.metrics.running += 1
+            m.running += 1
             try:
                 for ev in events:
                     if self.dead:
@@ -671,10 +732,10 @@ class Frontend:
                     yield ev
                     if token_s:
                         await asyncio.sleep(token_s)
-                self.metrics.generation_tokens += len(toks)
-                self.metrics.success += 1
+                m.generation_tokens += len(toks)
+                m.success += 1
             finally:
-                self.metrics.running -= 1
+                m.running -= 1
         return http.Response(200, content_type="text/event-stream; charset=utf-8", stream=stream())
 
     async def layerwise_pull(self, kvp: dict, chat: bool, xrid: str | None) -> str | None:

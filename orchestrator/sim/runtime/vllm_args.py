@@ -237,6 +237,18 @@ def resolve(args: argparse.Namespace, env: dict[str, str]) -> ServeConfig:
         raise ServeError("ValueError", "data_parallel_hybrid_lb is not applicable in headless mode",
                          _frames((_SERVE, 152, "cmd", "run_headless(args)"),
                                  (_SERVE, 205, "run_headless", "raise ValueError(")))
+    if env.get("VLLM_DP_SIZE") and args.data_parallel_size == 1 and args.data_parallel_rank is None:
+        # the v0.9.1-era env-driven DP (large-EP guide: run_dp_template.sh exports VLLM_DP_*; vllm-ascend
+        # patches ParallelConfig.__post_init__ to read them): one process per rank, like external LB
+        try:
+            args.data_parallel_size = int(env["VLLM_DP_SIZE"])
+            args.data_parallel_rank = int(env.get("VLLM_DP_RANK", "0"))
+            args.data_parallel_address = env.get("VLLM_DP_MASTER_IP") or args.data_parallel_address
+            if env.get("VLLM_DP_MASTER_PORT"):
+                args.data_parallel_rpc_port = int(env["VLLM_DP_MASTER_PORT"])
+        except ValueError as e:
+            raise ServeError("ValueError", str(e)) from None
+        is_external = True
     dp = args.data_parallel_size
     if is_external:
         dp_start = args.data_parallel_rank if args.data_parallel_rank is not None else 0

@@ -148,6 +148,11 @@ class Engine:
             self.members = [self.own]
         self.check_memory_and_claim()
         self.hccl_checks()
+        ptp, dtp = spec.get("prefill_tp"), spec.get("decode_tp")
+        if ptp is not None and dtp is not None and ptp < dtp:
+            self.fail(f"ValueError: prefill_tp_size: {ptp} must be greater than or equal to the decode_tp_size: {dtp}",
+                      [(_CORE, 1002, "run_engine_core", "engine_core = DPEngineCoreProc(*args, **kwargs)"),
+                       (_MC, 2056, "__init__", "raise ValueError(")])
         load = float(spec.get("startup_s", 2.0)) + float(spec.get("slow_s", 0.0))
         self.log.info("default_loader.py:267", f"Loading weights took {load:.2f} seconds")
         self.sleep(load)
@@ -187,7 +192,7 @@ class Engine:
             try:
                 s = socket.create_connection((host, port), timeout=min(1.0, max(0.05, deadline - time.monotonic())))
                 self.sock = s
-                self.send({"op": "hello", "index": self.spec["index"]})
+                self.send({"op": "hello", "index": self.spec["index"], "size": g.get("size")})
                 msg = self.recv(deadline)
                 if msg is not None and msg.get("op") == "init":
                     return
@@ -386,16 +391,14 @@ class Engine:
             sel.close()
 
     def master_lost(self, ready: bool) -> None:
-        """The group's front end went away. A headless rank (and every rank still starting) loops on
-        the TCPStore line forever, holding its devices (vllm#32136); a serving rank's engine dies."""
+        """The group's front end went away. A serving engine does not notice (vllm#55510: engine
+        cores outlive a killed API server, still holding their devices); a headless rank, and every
+        rank still starting (waiting in the DP group), loops on the TCPStore line forever (vllm#32136)."""
         g = self.group or {}
         host, port = g.get("leader", ("", 0))
         if ready and not g.get("headless"):
-            self.log.error("core.py:933", "EngineCore encountered a fatal error.")
-            print_traceback([(_CORE, 924, "run_engine_core", "engine_core.run_busy_loop()")],
-                            "RuntimeError: DP Coordinator process failed", self.log.prefix)
-            self.tell_parent({"op": "dead"})
-            raise Exit(1)
+            self.sock = None
+            return
         self.sock = None
         fd = 40 + int(self.spec.get("index", 0))
         while True:

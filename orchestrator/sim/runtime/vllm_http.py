@@ -154,14 +154,15 @@ class Server:
                     raise HTTPError("bad request line")
                 method, target, version = parts
                 headers = _parse_headers(lines[1:])
+                if headers.get("expect", "").lower() == "100-continue":  # curl, for bodies over 1 KiB
+                    writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 body = await _read_body(reader, headers)
                 try:
                     resp = await self.handler(Request(method, target, headers, body))
-                except Exception as e:  # a handler bug answers 500 like uvicorn, and is printed
+                except Exception:  # a handler bug answers 500 like uvicorn, and is printed
                     import traceback
                     traceback.print_exc()
                     resp = text_response("Internal Server Error", 500)
-                    del e
                 keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
                 await self._send(writer, resp, keep)
                 if not keep:

@@ -94,32 +94,27 @@ def full_response(chat: bool, rid: str, model: str, toks: list[str], p: int, kv:
 
 
 def sse_events(chat: bool, rid: str, model: str, toks: list[str], p: int, include_usage: bool) -> list[bytes]:
+    """vLLM's serving_completion dumps its chunks with exclude_unset=False (every field, "usage":
+    null), serving_chat with exclude_unset=True (only what was set)."""
     created = int(time.time())
     obj = "chat.completion.chunk" if chat else "text_completion"
-    extra = {"usage": None} if include_usage else {}
     out = []
 
     def ev(choices: list[dict], **more) -> None:
         out.append(b"data: " + _dumps({"id": rid, "object": obj, "created": created, "model": model,
                                        "choices": choices, **more}).encode() + b"\n\n")
     if chat:
-        ev([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}],
-           **extra)
-    for i, t in enumerate(toks):
-        last = i == len(toks) - 1
+        ev([{"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}])
+    for i, t in enumerate(toks or [""]):
+        last = i == max(0, len(toks) - 1)
+        reason = "length" if last else None
         if chat:
-            choice = {"index": 0, "delta": {"content": t}, "logprobs": None,
-                      "finish_reason": "length" if last else None}
+            choice = {"index": 0, "delta": {"content": t}, "logprobs": None, "finish_reason": reason}
+            if last:
+                choice["stop_reason"] = None
+            ev([choice])
         else:
-            choice = {"index": 0, "text": t, "logprobs": None, "finish_reason": "length" if last else None}
-        if last:
-            choice["stop_reason"] = None
-        ev([choice], **extra)
-    if not toks:
-        empty = ({"index": 0, "delta": {"content": ""}, "logprobs": None, "finish_reason": "length",
-                  "stop_reason": None} if chat else
-                 {"index": 0, "text": "", "logprobs": None, "finish_reason": "length", "stop_reason": None})
-        ev([empty], **extra)
+            ev([{"index": 0, "text": t, "logprobs": None, "finish_reason": reason, "stop_reason": None}], usage=None)
     if include_usage:
         ev([], usage=usage(p, len(toks)))
     out.append(b"data: [DONE]\n\n")

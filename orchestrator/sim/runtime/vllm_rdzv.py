@@ -59,7 +59,8 @@ class Rendezvous:
                 op = msg.get("op")
                 if op == "hello":
                     index = int(msg["index"])
-                    if not 0 <= index < self.size:
+                    if not 0 <= index < self.size or int(msg.get("size", self.size)) != self.size:
+                        index = None  # another group's engine (wrong rpc port): no answer
                         return
                     old = self.writers.get(index)
                     if old is not None and old is not writer:

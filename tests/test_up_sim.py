@@ -239,3 +239,52 @@ def test_warmup_requests_reach_every_prefill_rank_before_the_smoke(tmp_path):
         assert code == 0 and td["ok"]
     finally:
         sim.down()
+
+
+def test_dead_rank_restarts_its_group_then_fails_it_with_diagnostics_healthy_groups_stay(small):
+    """A rank that crashes at start: its whole group (both decode nodes) is stopped and restarted
+    (readiness.restarts, default 1), then failed with a diagnostic folder; prefill groups serve on."""
+    small.fault("d1", "crash-at-start")
+    try:
+        code, doc = small.json("up", small.inventory, "--skip-checks")
+        assert code == 1 and not doc["ok"]
+        assert set(doc["failed_groups"]) == {"d"}, doc["failed_groups"]
+        msg = doc["failed_groups"]["d"]
+        assert "d1" in msg and "exited before the group was ready" in msg and "after 1 group restart" in msg
+        folder = Path(msg.split("diagnostics: ")[1].split()[0])
+        names = {p.name for p in folder.iterdir()}
+        assert {"reason.txt", "plan.json", "d0-npu.txt", "d1-npu.txt", "rank-d-d1-0.log"} <= names
+        assert "link status" in (folder / "d1-npu.txt").read_text()
+        code, st = small.json("status", small.inventory)
+        assert code == 1
+        by_group = {}
+        for r in st["ranks"]:
+            by_group.setdefault(r["group"], []).append(r["healthy"])
+        assert all(by_group["p0"]) and all(by_group["p1"]) and not any(by_group["d"])
+        alive_d = [r for r in st["ranks"] if r["group"] == "d" and r["alive"]]
+        assert not alive_d, "a failed group must not be left half running"
+    finally:
+        small.fault("d1", "clear-runtime")
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td
+        small.assert_nothing_left()
+
+
+def test_up_again_after_a_failure_keeps_healthy_groups_and_brings_up_the_rest(small):
+    small.fault("d0", "crash-at-start")
+    try:
+        code, _ = small.json("up", small.inventory, "--skip-checks")
+        assert code == 1
+        _, st = small.json("status", small.inventory)
+        before = {r["key"]: r["pid"] for r in st["ranks"] if r["group"] in ("p0", "p1")}
+        small.fault("d0", "clear-runtime")
+        code, doc = small.json("up", small.inventory)
+        assert code == 0 and doc["ok"], json.dumps(doc)[:3000]
+        _, st = small.json("status", small.inventory)
+        after = {r["key"]: r["pid"] for r in st["ranks"] if r["group"] in ("p0", "p1")}
+        assert after == before  # the prefill groups were kept, not restarted
+        assert st["ok"]
+    finally:
+        small.fault("d0", "clear-runtime")
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td

@@ -220,7 +220,7 @@ SIGNATURES: tuple[Signature, ...] = (
         severity="fatal", scope="rank", refine=_refine_kv_config,
         example=("ValueError: KV transfer 'decode' config has a conflicting data parallel size. "
                  "Expected 16, but got 32."),
-        source="vllm-ascend check_kv_extra_config (vllm_ascend/utils.py); reference §6.17"),
+        source="vllm-ascend check_kv_extra_config (vllm_ascend/utils.py)"),
     Signature(
         id="kv-tp-order",
         title="Mooncake: prefill TP smaller than decode TP",
@@ -257,7 +257,7 @@ SIGNATURES: tuple[Signature, ...] = (
              "server_id, and mount every card the table lists (physical vs logical ids, #2618)."),
         severity="fatal", scope="node",
         example="Can't read the target server_id 141.61.39.105 and device_rank 3 from rank table",
-        source="vllm-ascend llmdatadist_c_mgr_connector.py (v0.11); reference §1.4"),
+        source="vllm-ascend llmdatadist_c_mgr_connector.py (v0.11)"),
     Signature(
         id="ranktable-devid-mismatch",
         title="Rank table device id differs from the local device id",
@@ -326,7 +326,7 @@ SIGNATURES: tuple[Signature, ...] = (
         fix="Find the holder (" + _PORT_TOOL + "`npu-smi info`) and stop it (`deploy teardown`), or move the group's port.",
         severity="fatal", scope="node",
         example="OSError: [Errno 98] Address already in use",
-        source="vllm api_server setup_server; reference §7"),
+        source="vllm api_server.py setup_server; uvicorn"),
     Signature(
         id="hbm-held",
         title="NPU memory held by another process",
@@ -367,10 +367,11 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature(
         id="hccl-env-invalid",
         title="HCCL environment variable invalid (EI0001)",
-        patterns=_re(r"Value (?P<value>\S+) for environment variable (?P<var>[A-Z_]+) is invalid\."
-                     r"(?: Expected value ?: (?P<expected>.*))?"),
+        patterns=_re(r"(?m)Value (?P<value>\S+) for environment variable (?P<var>[A-Z_]+) is invalid\."
+                     r"(?: Expected value ?: (?P<expected>[^\n]*?))?\.?\s*$"),
         cause="HCCL rejects {var}={value}[[ (expected: {expected})]].",
-        fix="Fix {var} in the rank's env (for HCCL_IF_IP: an IP of this node's NIC).",
+        fix=("Fix {var} in the rank's env (group or node env in the inventory); HCCL_IF_IP must be an IP of "
+             "this node's host NIC."),
         severity="fatal", scope="rank",
         example="Value 1000 for environment variable HCCL_RDMA_SL is invalid. Expected value : range[0, 7].",
         source="HCCL registry EI0001"),
@@ -392,11 +393,14 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature(
         id="hccl-socket-timeout",
         title="HCCL device link setup timed out (EI0006)",
-        patterns=_re(r"EI0006.*?(?:\[PID: (?P<pid>\d+)\])",
+        patterns=_re(r"\|\s*(?P<ip>[0-9A-Fa-f:.]+)\((?P<rank>\d+)\)\s*\|\s*(?P<port>\d+)\s*\|.*\|\s*time out\s*\|"
+                     r"\s*(?P<tls>ENABLE|DISABLE)\s*\|",
+                     r"EI0006.*?(?:\[PID: (?P<pid>\d+)\])",
                      r"Get_Socket_Timeout\(EI0006\)|Communication_Error_Get_Socket\(EI0006\)",
                      r"wait socket establish timeout, role\[\d+\] rank\[(?P<rank>\d+)\] timeout\[(?P<timeout_s>\d+) ?s\]",
                      r"Getting socket times out\."),
-        cause=("Device-to-device links did not come up within HCCL_CONNECT_TIMEOUT: ranks of the group started too "
+        cause=("Device-to-device links did not come up within HCCL_CONNECT_TIMEOUT[[ (link to {ip}:{port} timed "
+               "out, TLS {tls} on this side)]]: ranks of the group started too "
                "far apart, a rank died, a link is down or on another subnet, or TLS differs between devices."),
         fix=("Start every rank of the group together, run `deploy check-network` (link, TLS, ping), raise "
              "HCCL_CONNECT_TIMEOUT (120..7200 s; CI uses 1200), then restart the whole group."),
@@ -611,8 +615,9 @@ def match(text: str, limit: int = 5, *, npus_per_node: int | None = None) -> lis
             ip=values.get("ip"),
             values={k: v for k, v in values.items() if k not in ("device", "pid", "port", "ip")
                     and not k.startswith("range_")}))
-    dropped = {s for f in found for s in _BY_ID[f.id].supersedes}
-    return [f for f in found if f.id not in dropped][:limit]
+    # the same failure also printed a more generic line (same address): keep the specific finding only
+    dropped = {(s, f.ip, f.port) for f in found for s in _BY_ID[f.id].supersedes}
+    return [f for f in found if (f.id, f.ip, f.port) not in dropped][:limit]
 
 
 def render_markdown() -> str:
@@ -634,6 +639,8 @@ def render_markdown() -> str:
                 f"- Cause: {_fill(s.cause, None)}".replace("<range_note>", "").replace("<range_fix>", ""),
                 f"- Fix: {_fill(s.fix, None)}".replace("<range_note>", "").replace("<range_fix>", ""),
                 f"- Seen in: {s.source}", "", "Example:", "", "```", s.example, "```"]
+        f = match(s.example, limit=1)[0]
+        out += ["", "`deploy` says for this line:", "", f"> {f.cause}", ">", f"> Fix: {f.fix}"]
         if s.refine is _refine_port_range:
             out += ["", f"If the port lies in the Mooncake transfer engine's random range ({MOONCAKE_TE_BASE} to "
                     f"{MOONCAKE_TE_BASE} + 1000 × NPUs per node), the finding says so and suggests kv_port ≥ 28000 "

@@ -62,6 +62,10 @@ CASES: list[tuple[str, str, str, dict]] = [
      "[ERROR] HCCL(3051,python3):2025-11-04-09:12:33.101.202 [Wait][LinkEstablish]wait socket establish timeout, "
      "role[1] rank[1] timeout[120 s]",
      "hccl-socket-timeout", {"values.timeout_s": "120", "values.rank": "1"}),
+    ("ei0006-link-table",  # plog LINK_ERROR_INFO row (#9447): dest_ip(user_rank) | dest_port | src | ... | TlsStatus
+     "| dest_ip(user_rank) | dest_port | src_ip(user_rank) | src_port | MyRole | Status | TlsStatus |\n"
+     "| 192.0.2.199(0) | 16666 | 192.0.3.198(1) | 0 | client | time out | DISABLE |",
+     "hccl-socket-timeout", {"ip": "192.0.2.199", "port": 16666, "values.tls": "DISABLE"}),
     ("ei0015-real",
      "EI0015: [PID: 77] 2025-05-01-12:00:00.000.000 Failed to collect cluster information of the communicator "
      "based on rootInfo detection. Reason: connect server[10.0.0.1 : 60000] failed",
@@ -76,7 +80,8 @@ CASES: list[tuple[str, str, str, dict]] = [
     ("ei0001-sim",
      "(EngineCore_DP0 pid=5150) EI0001: [PID: 5150] 2026-12-01-09:30:00.123.456 Value 10.9.9.9 for environment "
      "variable HCCL_IF_IP is invalid. Expected value: an IP address of this host.",
-     "hccl-env-invalid", {"values.var": "HCCL_IF_IP", "values.value": "10.9.9.9"}),
+     "hccl-env-invalid", {"values.var": "HCCL_IF_IP", "values.value": "10.9.9.9",
+                          "values.expected": "an IP address of this host"}),
     # --- gloo ----------------------------------------------------------------------------------
     ("gloo-warn-real",
      "[W ProcessGroupGloo.cpp:715] Warning: Unable to resolve hostname to a (local) address. Using the loopback "
@@ -312,8 +317,12 @@ def test_most_specific_first_and_fallback_silent():
            "RuntimeError: Engine core initialization failed. See root cause above. Failed core proc(s): "
            "{'EngineCore_DP0': 1}\n")
     assert [f.id for f in match(log)] == ["hccl-tls-mismatch"]
-    # the kv side channel line supersedes the generic ZMQ line of the same traceback
-    assert [f.id for f in match(dict((c[0], c[1]) for c in CASES)["kv-zmq-sim"])] == ["kv-side-channel-in-use"]
+    # the kv side channel line supersedes the generic ZMQ line of the same traceback ...
+    cases = dict((c[0], c[1]) for c in CASES)
+    assert [f.id for f in match(cases["kv-zmq-sim"])] == ["kv-side-channel-in-use"]
+    # ... but not a ZMQ failure on another port (the DP RPC port)
+    both = [f.id for f in match(cases["kv-zmq-sim"] + "\n" + cases["zmq-rpc-sim"])]
+    assert both == ["kv-side-channel-in-use", "zmq-address-in-use"]
 
 
 def test_each_signature_once_latest_occurrence_and_limit():

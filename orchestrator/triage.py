@@ -398,7 +398,8 @@ SIGNATURES: tuple[Signature, ...] = (
                      r"EI0006.*?(?:\[PID: (?P<pid>\d+)\])",
                      r"Get_Socket_Timeout\(EI0006\)|Communication_Error_Get_Socket\(EI0006\)",
                      r"wait socket establish timeout, role\[\d+\] rank\[(?P<rank>\d+)\] timeout\[(?P<timeout_s>\d+) ?s\]",
-                     r"Getting socket times out\."),
+                     r"Getting socket times out\.",
+                     r"adjust the timeout interval by using the HCCL_CONNECT_TIMEOUT environment variable"),
         cause=("Device-to-device links did not come up within HCCL_CONNECT_TIMEOUT[[ (link to {ip}:{port} timed "
                "out, TLS {tls} on this side)]]: ranks of the group started too "
                "far apart, a rank died, a link is down or on another subnet, or TLS differs between devices."),
@@ -568,6 +569,11 @@ SIGNATURES: tuple[Signature, ...] = (
 _BY_ID = {s.id: s for s in SIGNATURES}
 
 
+def signature(sid: str) -> Signature:
+    """The table entry of a finding (KeyError for an unknown id)."""
+    return _BY_ID[sid]
+
+
 def _trim(text: str, start: int, end: int) -> str:
     """The whole line around text[start:end], cut to LINE_MAX around the match if longer."""
     ls = text.rfind("\n", 0, start) + 1
@@ -597,7 +603,7 @@ def match(text: str, limit: int = 5, *, npus_per_node: int | None = None) -> lis
     for sig in SIGNATURES:
         if sig.fallback and any(not _BY_ID[f.id].fallback for f in found):
             continue
-        m = None
+        m: re.Match[str] | None = None
         for pat in sig.patterns:
             for m in pat.finditer(text):  # the last (most recent) occurrence
                 pass

@@ -11,10 +11,15 @@ docs/troubleshooting.md must be what the table renders.
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
+import socket
+import time
 
 import pytest
+import test_sim_vllm as _simv
+from test_sim_vllm import _ext_rank, http_get, kv, wait_healthy
 
 from orchestrator import triage
 from orchestrator.triage import SIGNATURES, Finding, match, render_markdown
@@ -42,7 +47,7 @@ CASES: list[tuple[str, str, str, dict]] = [
     ("ei0006-486",
      "EI0006: [PID: 1292363] 2025-04-08-18:07:20.444.436 Getting socket times out. Reason: Remote Rank did not "
      "send the data in time. Please check the reason for the rank being stuck\n"
-     "        Solution: 1. Check the rank service processes with other errors or no errors in the cluster.2. If "
+     "        Solution: 1. Check the rank service processes with other errors or no errors in the sim.2. If "
      "this error is reported for all NPUs, check whether the time difference between the earliest and latest "
      "errors is greater than the connect timeout interval (120s by default). If so, adjust the timeout interval "
      "by using the HCCL_CONNECT_TIMEOUT environment variable.3. Check the connectivity of the communication link "
@@ -53,6 +58,12 @@ CASES: list[tuple[str, str, str, dict]] = [
      "[ERROR] Get_Socket_Timeout(EI0006): Reason: 1. The remote does not initiate a connect request. 3. The "
      "communication link is disconnected. (For example, the IP addresses are not on the same network segment or "
      "the TLS configurations are inconsistent.)",
+     "hccl-socket-timeout", {}),
+    ("ei0006-solution-only",  # a tail that cut the EI0006 line itself keeps its Solution text
+     "        Solution: 1. Check the rank service processes with other errors or no errors in the cluster.2. If this "
+     "error is reported for all NPUs, check whether the time difference between the earliest and latest errors is "
+     "greater than the connect timeout interval (120s by default). If so, adjust the timeout interval by using the "
+     "HCCL_CONNECT_TIMEOUT environment variable.3. Check the connectivity",
      "hccl-socket-timeout", {}),
     ("ei0006-9447",
      "Communication_Error_Get_Socket(EI0006): Reason: No abnormal periods were discovered. please prioritize "
@@ -390,16 +401,16 @@ def test_docs_are_generated_from_the_table():
 # The simulator's fake vllm, run for real: its whole log (stdout + stderr, as `up` collects it) gives
 # the finding, and a healthy start gives none. Guards against the table and the simulator drifting.
 
-from test_sim_vllm import _ext_rank, cluster, http_get, kv, wait_healthy  # noqa: E402,F401  (cluster: fixture)
+sim = _simv.cluster  # the fake vllm's own fixture (kills every process group it started)
 
 
 def _ids(text: str) -> list[str]:
     return [f.id for f in match(text, limit=10)]
 
 
-def test_sim_healthy_rank_and_its_requests_give_no_finding(cluster):
-    n = cluster.node("n0", 1)
-    p = cluster.vllm(n, "--port", "7100", "-tp", "2", "--kv-transfer-config", kv("kv_producer", 36000, "0", p=(1, 2)),
+def test_sim_healthy_rank_and_its_requests_give_no_finding(sim):
+    n = sim.node("n0", 1)
+    p = sim.vllm(n, "--port", "7100", "-tp", "2", "--kv-transfer-config", kv("kv_producer", 36000, "0", p=(1, 2)),
                      ASCEND_RT_VISIBLE_DEVICES="0,1")
     wait_healthy(n.address, 7100)
     assert http_get(n.address, 7100, "/v1/models")[0] == 200
@@ -408,10 +419,10 @@ def test_sim_healthy_rank_and_its_requests_give_no_finding(cluster):
     assert match(text) == []
 
 
-def test_sim_tls_mismatch_names_the_odd_device(cluster):
-    a, b = cluster.node("d0", 1), cluster.node("d1", 2, tls=1)
-    r0 = _ext_rank(cluster, a, 0, 2, a, 7100, 13000)
-    r1 = _ext_rank(cluster, b, 1, 2, a, 7101, 13000)
+def test_sim_tls_mismatch_names_the_odd_device(sim):
+    a, b = sim.node("d0", 1), sim.node("d1", 2, tls=1)
+    r0 = _ext_rank(sim, a, 0, 2, a, 7100, 13000)
+    r1 = _ext_rank(sim, b, 1, 2, a, 7101, 13000)
     assert r1.wait() == 1 and r0.wait() == 1
     for r in (r0, r1):
         (f,) = match(r.text())
@@ -419,14 +430,12 @@ def test_sim_tls_mismatch_names_the_odd_device(cluster):
         assert (f.ip, f.device) in {(a.address, 0), (b.address, 1)} and f.pid is None
 
 
-def test_sim_hbm_held_and_port_bound(cluster):
-    import os
-    import socket
-    n = cluster.node("n0", 1)
+def test_sim_hbm_held_and_port_bound(sim):
+    n = sim.node("n0", 1)
     n.devices[0]["processes"] = [{"pid": os.getpid(), "name": "VLLM::EngineCore", "memory_mb": 60000}]
     n.devices[0]["hbm_used_mb"] = 63380
     n.write_state()
-    p = cluster.vllm(n, "--port", "7100", ASCEND_RT_VISIBLE_DEVICES="0")
+    p = sim.vllm(n, "--port", "7100", ASCEND_RT_VISIBLE_DEVICES="0")
     assert p.wait() == 1
     (f,) = match(p.text())
     assert f.id == "hbm-held" and f.values["free_gib"] == "2.11" and "npu-smi info" in f.fix
@@ -434,16 +443,16 @@ def test_sim_hbm_held_and_port_bound(cluster):
     s.bind((n.address, 7101))
     s.listen(1)
     try:
-        p = cluster.vllm(n, "--port", "7101", ASCEND_RT_VISIBLE_DEVICES="1")
+        p = sim.vllm(n, "--port", "7101", ASCEND_RT_VISIBLE_DEVICES="1")
         assert p.wait() == 1
         assert _ids(p.text()) == ["http-port-in-use"]
     finally:
         s.close()
 
 
-def test_sim_kv_extra_config_mismatch(cluster):
-    n = cluster.node("n0", 1)
-    p = cluster.vllm(n, "--port", "7100", "--data-parallel-size", "16", "--data-parallel-rank", "0",
+def test_sim_kv_extra_config_mismatch(sim):
+    n = sim.node("n0", 1)
+    p = sim.vllm(n, "--port", "7100", "--data-parallel-size", "16", "--data-parallel-rank", "0",
                      "--data-parallel-address", n.address, "--data-parallel-rpc-port", "13000",
                      "--kv-transfer-config", kv("kv_consumer", 30200, "2", d=(32, 1)))
     assert p.wait() == 1
@@ -452,35 +461,34 @@ def test_sim_kv_extra_config_mismatch(cluster):
     assert "kv_connector_extra_config.decode.dp_size to 16" in f.fix
 
 
-def test_sim_gloo_loopback_and_handshake_and_ready_timeouts(cluster):
-    a, b = cluster.node("d0", 1), cluster.node("d1", 2)
-    r0 = cluster.vllm(a, "--port", "7100", "--data-parallel-size", "2", "--data-parallel-rank", "0",
+def test_sim_gloo_loopback_and_handshake_and_ready_timeouts(sim):
+    a, b = sim.node("d0", 1), sim.node("d1", 2)
+    r0 = sim.vllm(a, "--port", "7100", "--data-parallel-size", "2", "--data-parallel-rank", "0",
                       "--data-parallel-address", a.address, "--data-parallel-rpc-port", "13000",
                       env=a.env(guard=False), log="nog-0.log")
-    r1 = cluster.vllm(b, "--port", "7101", "--data-parallel-size", "2", "--data-parallel-rank", "1",
+    r1 = sim.vllm(b, "--port", "7101", "--data-parallel-size", "2", "--data-parallel-rank", "1",
                       "--data-parallel-address", a.address, "--data-parallel-rpc-port", "13000",
                       env=b.env(guard=False), log="nog-1.log")
     assert r0.wait() == 1 and r1.wait() == 1
     for r in (r0, r1):
         assert _ids(r.text()) == ["gloo-loopback"]
     # a rank whose front end (rank 0) never starts: the 5-minute handshake
-    c = cluster.node("d2", 3, time_factor=0.005)
-    r = _ext_rank(cluster, c, 1, 2, a, 7102, 13001)
+    c = sim.node("d2", 3, time_factor=0.005)
+    r = _ext_rank(sim, c, 1, 2, a, 7102, 13001)
     assert r.wait(timeout=15) == 1
     assert _ids(r.text()) == ["frontend-handshake-timeout"]
     # rank 0 alone: the front end's ready timeout
-    d = cluster.node("d3", 4, time_factor=0.002)
-    r = _ext_rank(cluster, d, 0, 2, d, 7103, 13002, VLLM_ENGINE_READY_TIMEOUT_S="600")
+    d = sim.node("d3", 4, time_factor=0.002)
+    r = _ext_rank(sim, d, 0, 2, d, 7103, 13002, VLLM_ENGINE_READY_TIMEOUT_S="600")
     assert r.wait(timeout=15) == 1
     f, *rest = match(r.text())  # its orphaned engine core then loops on the TCPStore: a consequence, after it
     assert f.id == "engine-ready-timeout" and f.values["waited_s"] == "600"
     assert [g.id for g in rest] in ([], ["tcpstore-closed"])
 
 
-def test_sim_engine_death_while_running(cluster):
-    import time
-    n = cluster.node("n0", 1)
-    p = cluster.vllm(n, "--port", "7100", VLLM_KEEP_ALIVE_ON_ENGINE_DEATH="1")
+def test_sim_engine_death_while_running(sim):
+    n = sim.node("n0", 1)
+    p = sim.vllm(n, "--port", "7100", VLLM_KEEP_ALIVE_ON_ENGINE_DEATH="1")
     wait_healthy(n.address, 7100)
     n.set_faults("engine-death")
     deadline = time.monotonic() + 10

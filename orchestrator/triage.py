@@ -38,6 +38,9 @@ Severity = Literal["fatal", "error", "warning"]
 Scope = Literal["device", "rank", "node", "group"]
 
 LINE_MAX = 300  # a finding quotes at most this much of the matched line
+SCAN_MAX = 1 << 20  # match() reads at most the last MiB of a tail ...
+SCAN_LINE_MAX = 8192  # ... and the first 8 KiB of a line: bounded work whatever a node sends
+_LONG_LINE = re.compile(r"[^\n]{%d}[^\n]+" % SCAN_LINE_MAX)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -589,6 +592,17 @@ def _int(v: str | None) -> int | None:
     return int(v) if v is not None and v.isdigit() else None
 
 
+def _clean(text: str) -> str:
+    """The part of a tail worth scanning: the last SCAN_MAX characters from a line start, ANSI colours
+    removed, lines cut to SCAN_LINE_MAX (no real signature line is that long; patterns with `.*`
+    would otherwise cost quadratic time on a hostile line)."""
+    if len(text) > SCAN_MAX:
+        text = text[-SCAN_MAX:]
+        text = text[text.find("\n") + 1:]
+    text = _ANSI.sub("", text)
+    return _LONG_LINE.sub(lambda m: m.group(0)[:SCAN_LINE_MAX], text)
+
+
 def _apply(sig: Signature, text: str, ctx: Context) -> Finding | None:
     """The finding of one signature on a (cleaned) text: its first pattern that occurs, at its last occurrence."""
     m: re.Match[str] | None = None
@@ -619,7 +633,7 @@ def match(text: str, limit: int = 5, *, npus_per_node: int | None = None) -> lis
     """
     if limit <= 0 or not text:
         return []
-    text = _ANSI.sub("", text)
+    text = _clean(text)
     ctx = Context(npus_per_node=npus_per_node)
     found: list[Finding] = []
     for sig in SIGNATURES:

@@ -385,6 +385,15 @@ def test_long_line_is_trimmed_around_the_match():
     assert len(f.line) == triage.LINE_MAX and "Address already in use" in f.line
 
 
+def test_hostile_input_is_bounded():
+    # one 4 MB line of signature prefixes: unbounded `.*` patterns would backtrack quadratically
+    assert match("EI0016 Value x " * 300_000) == []
+    # a huge tail: only the last SCAN_MAX characters are read, so the recent failure is still found
+    (f,) = match("noise\n" * 400_000 + "OSError: [Errno 98] Address already in use\n")
+    assert f.id == "http-port-in-use"
+    assert match("OSError: [Errno 98] Address already in use\n" + "noise\n" * 400_000) == []
+
+
 def test_ansi_colours_do_not_hide_a_line():
     (f,) = match("\x1b[1;31mOSError: [Errno 98] Address already in use\x1b[0m\r\n")
     assert f.id == "http-port-in-use" and "\x1b" not in f.line and not f.line.endswith("\r")

@@ -101,6 +101,7 @@ class StepKind(str, Enum):
     LAUNCH = "launch"
     READINESS = "readiness"
     PROXY = "proxy"
+    WARMUP = "warmup"
     SMOKE = "smoke"
 
 
@@ -151,6 +152,8 @@ class Step:
             return ("headless" if g.launch_mode not in ("external", "env") else "other nodes") + wave
         if k is StepKind.READINESS:
             return "every serving rank answers /health with 200"
+        if k is StepKind.WARMUP:
+            return f"{inv.readiness.warmup} prefill request(s) through each prefill rank"
         if k is StepKind.PROXY:
             assert plan.proxy is not None
             return f"{plan.proxy.host}:{plan.proxy.port}"
@@ -799,6 +802,11 @@ class _Planner:
         steps.append(Step(StepKind.READINESS, http))
         if proxy is not None:
             steps.append(Step(StepKind.PROXY, (proxy.node,)))
+        if inv.readiness.warmup:
+            pre = tuple(n for n in used if any(r.node == n and r.role == "prefill" and r.port is not None
+                                               for r in ranks))
+            if pre:
+                steps.append(Step(StepKind.WARMUP, pre))
         if inv.readiness.smoke:
             if proxy is not None:
                 steps.append(Step(StepKind.SMOKE, (proxy.node,), via="proxy"))

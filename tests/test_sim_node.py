@@ -29,8 +29,8 @@ soc: a2
 nodes:
   p0: {host: 10.1.0.1, nic: enp67s0f0np0}
   d0: {host: 10.1.0.2, nic: eth7}
-container: {image: quay.io/ascend/vllm-ascend:v0.11.0rc1}
-model: {path: /mnt/weights/DeepSeek-V3.1-w8a8}
+container: {image: quay.io/ascend/vllm-ascend:v0.11.0rc1, mounts: ["/mnt/sfs_turbo/.cache:/root/.cache"]}
+model: {path: /root/.cache/modelscope/DeepSeek-V3.1-w8a8}
 kv_transfer: {connector: MooncakeConnectorV1}
 proxy: {node: p0, port: 1999}
 groups:
@@ -60,7 +60,7 @@ def test_host_view_has_the_driver_files_and_model(sim):
                       'ls -d usr/local/dcmi usr/local/Ascend/driver/lib64 var/tmp && '
                       'grep -c Driver_Install etc/ascend_install.info && '
                       'python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[\'model_type\'])" '
-                      'mnt/weights/DeepSeek-V3.1-w8a8/config.json')
+                      'mnt/sfs_turbo/.cache/modelscope/DeepSeek-V3.1-w8a8/config.json')  # where the mount maps it
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["Version=25.2.0", "usr/local/Ascend/driver/lib64", "usr/local/dcmi",
                                      "var/tmp", "5", "deepseek_v3"]
@@ -207,3 +207,14 @@ def test_check_network_sees_a_leftover_claim_by_its_pid(sim):
                    if c["check"] == "hbm" and c["status"] != "ok")
     finally:
         sim.ssh("p0", f"kill {pid}")
+
+
+def test_model_folder_goes_where_the_mounts_map_it():
+    from orchestrator.sim.hostview import model_host_path
+
+    mounts = ["/data:/root", "/mnt/sfs/.cache:/root/.cache:ro", "/w:/weights"]
+    assert model_host_path("/root/.cache/hub/m", mounts) == "/mnt/sfs/.cache/hub/m"  # the longest wins
+    assert model_host_path("/root/other", mounts) == "/data/other"
+    assert model_host_path("/weights", mounts) == "/w"
+    assert model_host_path("/weightsX/m", mounts) == "/weightsX/m"  # not under /weights
+    assert model_host_path("/models/m", []) == "/models/m"

@@ -111,6 +111,8 @@ class Up:
         if self.plan.proxy is not None and not await self._proxy():
             return result
         result.endpoint = self._endpoint()
+        if self.inv.readiness.warmup and not await self._warmup():
+            return result
         if self.inv.readiness.smoke and not await self._smoke(result):
             return result
         self.ledger.state = "serving"
@@ -585,6 +587,42 @@ class Up:
     async def _tail_file(self, node: str, path: str) -> str:
         o = await self.cluster.run_script(node, nodeside.tail_script([path], LOG_TAIL), timeout=60)
         return nodeside.parse_tails(o.stdout).get(path, "")
+
+    async def _warmup(self) -> bool:
+        """readiness.warmup prefill requests to every prefill rank (the large-EP guide's FAQ:
+        some NPU operators need a few rounds before full speed), as the proxy sends them."""
+        n = self.inv.readiness.warmup
+        ranks = [r for r in http_ranks(self.refs) if r.rank.role == "prefill" and r.rank.group in self.groups]
+        t0 = time.monotonic()
+        self.progress.step_started(Kind.WARMUP, f"warm-up: {n} prefill request(s) per prefill rank",
+                                   sorted({r.node for r in ranks}))
+        body = {"model": self.inv.model.served, "prompt": "warm-up", "max_tokens": 1, "min_tokens": 1,
+                "stream": False, "kv_transfer_params": {"do_remote_decode": True, "do_remote_prefill": False,
+                                                        "remote_engine_id": None, "remote_block_ids": None,
+                                                        "remote_host": None, "remote_port": None}}
+        key = api_key(self.plan)
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+
+        async def one(ref: RankRef) -> tuple[RankRef, http.Response | None]:
+            for _ in range(n):
+                r = await http.request(lambda h, p: self.cluster.open_tcp(ref.node, h, p), ref.rank.ip,
+                                       ref.rank.port, "POST", "/v1/completions", body, timeout=SMOKE_TIMEOUT,
+                                       headers=headers)
+                if not r.ok:
+                    return ref, r
+            return ref, None
+
+        results: dict[str, NodeResult] = {}
+        for ref, bad in await asyncio.gather(*(one(r) for r in ranks)):
+            if bad is not None and (ref.node not in results or results[ref.node].ok):
+                results[ref.node] = NodeResult(ref.node, Cause.FAILED, f"warm-up request to {ref.where()} failed: "
+                                               f"{bad.describe()} {bad.text()[:200]!r}",
+                                               "deploy status INVENTORY; read that rank's log")
+            results.setdefault(ref.node, NodeResult(ref.node, Cause.OK, f"{n} warm-up request(s) per rank"))
+        report = StepReport(Kind.WARMUP, "warm-up", results, time.monotonic() - t0)
+        self.runner.add(report)
+        self._record(report)
+        return report.ok
 
     async def _smoke(self, result: UpResult) -> bool:
         node, ip, port = smoke_target(self.plan)

@@ -13,7 +13,9 @@ with them has the tools and one started without them lacks them, like on a real 
     etc/ascend_install.info                   the driver's install record
     etc/hccn.conf                             -> DIR/nodes/<n>/etc/hccn.conf (one file: HCCN_CONF)
     var/tmp/                                  deployments' state folders (/var/tmp/deploy/<name>)
-    <model.path>/config.json                  the inventory's model folder
+    <model folder>/config.json                the inventory's model folder: model.path is a path
+                                              in the container, so it is put where the inventory's
+                                              container.mounts map it from (else at model.path)
 
 The tree belongs to the nodes' user (it writes there, as root would on a real node).
 """

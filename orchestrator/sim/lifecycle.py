@@ -216,18 +216,17 @@ def _provision_nodes(root: Path, user: str, raw: dict, names: list[str], *, star
                      time_factor: float) -> None:
     """Per node: the host view, the runtime knobs, the fake docker's folders, all owned by the
     nodes' user; once: the runtime programs and the fake registry (the inventory's image)."""
-    from .hostview import chown_tree, provision
+    from .hostview import chown_tree, model_host_path, provision
     from .state import load_state
     from .tools import install_runtime
 
-    image = (raw.get("container") or {}).get("image")
+    container = raw.get("container") or {}
+    image = container.get("image")
     install_runtime(root, [image] if image else [])
     pw = pwd.getpwnam(user)
-    from .hostview import model_host_path
-
     model = (raw.get("model") or {}).get("path")
     if model:  # the host folder the container's model path is mounted from
-        model = model_host_path(model, (raw.get("container") or {}).get("mounts") or [])
+        model = model_host_path(model, container.get("mounts") or [])
     for name in names:
         ndir = node_dir(root, name)
         provision(root, name, model, load_state(ndir).driver_version)

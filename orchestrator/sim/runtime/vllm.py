@@ -345,7 +345,8 @@ class Frontend:
                     "startup_s": self.node.startup_s, "slow_s": float(faults.get("slow-start") or 0),
                     "never_ready": "never-ready" in faults, "crash_at_start": "crash-at-start" in faults,
                     "kv_ports": self.kv_ports(dp_rank, lo, hi), "engine_id": str((cfg.kv or {}).get("engine_id", "")),
-                    "gloo_port": gloo_port, **self.pd_tp()}
+                    "gloo_port": gloo_port, "connector": (cfg.kv or {}).get("kv_connector"),
+                    "kv_role": (cfg.kv or {}).get("kv_role"), **self.pd_tp()}
             r, w = os.pipe()
             env_i = dict(env, DEPLOY_SIM_ENGINE_SPEC=json.dumps(spec), DEPLOY_SIM_STATUS_FD=str(w))
             proc = subprocess.Popen([sys.executable, ENGINE_PY], env=env_i, pass_fds=[w], stdin=subprocess.DEVNULL)

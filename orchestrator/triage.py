@@ -262,6 +262,29 @@ SIGNATURES: tuple[Signature, ...] = (
         example="Can't read the target server_id 141.61.39.105 and device_rank 3 from rank table",
         source="vllm-ascend llmdatadist_c_mgr_connector.py (v0.11)"),
     Signature(
+        id="ranktable-missing",
+        title="LLMDataDist rank table not given or not in the container",
+        patterns=_re(r"Please set path of rank_table to env variable DISAGGREGATED_PREFILL_RANK_TABLE_PATH",
+                     r"No such file or directory: '(?P<path>[^']*rank_?table[^']*)'"),
+        cause=("The LLMDataDist connector found no rank table[[ at {path}]]: DISAGGREGATED_PREFILL_RANK_TABLE_PATH "
+               "is unset or names a file the container does not see."),
+        fix=("Write the table (`deploy ranktable`), mount its folder into the container and set "
+             "DISAGGREGATED_PREFILL_RANK_TABLE_PATH to the path inside the container."),
+        severity="fatal", scope="node",
+        example=("AssertionError: Please set path of rank_table to env variable "
+                 "DISAGGREGATED_PREFILL_RANK_TABLE_PATH"),
+        source="vllm-ascend llmdatadist_c_mgr_connector.py, envs.py (v0.11)"),
+    Signature(
+        id="ranktable-invalid",
+        title="Rank table rejected (EI0004)",
+        patterns=_re(r"Failed to parse the ranktable file (?P<path>\S+?)\.? Reason: (?P<reason>[^\n]*)"),
+        cause="HCCL/LLMDataDist could not use the rank table {path}: {reason}",
+        fix="Regenerate the table from live facts (`deploy ranktable`) and restart the group.",
+        severity="fatal", scope="group",
+        example=("EI0004: Failed to parse the ranktable file /var/tmp/deploy/x/ranktable.json. Reason: server_count "
+                 "[3] is not equal to the number of servers in the table [2]"),
+        source="HCCL registry EI0004"),
+    Signature(
         id="ranktable-devid-mismatch",
         title="Rank table device id differs from the local device id",
         patterns=_re(r"ranktable config devId\[(?P<device>\d+)\], but local devId\[(?P<local>\d+)\]"),

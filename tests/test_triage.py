@@ -19,7 +19,7 @@ import time
 
 import pytest
 import test_sim_vllm as _simv
-from test_sim_vllm import _ext_rank, http_get, kv, wait_healthy
+from test_sim_vllm import _ext_rank, _llmdd_rank, _table, http_get, kv, wait_healthy
 
 from orchestrator import triage
 from orchestrator.triage import SIGNATURES, Finding, match, render_markdown
@@ -205,6 +205,19 @@ CASES: list[tuple[str, str, str, dict]] = [
      "hccn-conf-missing", {"pid": 99}),
     ("server-id-real", "Can't read the target server_id 141.61.39.105 and device_rank 3 from rank table",
      "ranktable-server-id", {"ip": "141.61.39.105", "values.device_rank": "3"}),
+    ("ranktable-unset-sim",
+     "(EngineCore_DP0 pid=103) AssertionError: Please set path of rank_table to env variable "
+     "DISAGGREGATED_PREFILL_RANK_TABLE_PATH", "ranktable-missing", {}),
+    ("ranktable-absent-sim",
+     "(EngineCore_DP0 pid=103) FileNotFoundError: [Errno 2] No such file or directory: "
+     "'/var/tmp/deploy/pd/ranktable.json'", "ranktable-missing", {"values.path": "/var/tmp/deploy/pd/ranktable.json"}),
+    ("ei0004-sim",
+     "(EngineCore_DP0 pid=103) RuntimeError: EI0004: Failed to parse the ranktable file /var/tmp/deploy/pd/"
+     "ranktable.json. Reason: server_count [3] is not equal to the number of servers in the table [2] [sim]",
+     "ranktable-invalid", {"values.path": "/var/tmp/deploy/pd/ranktable.json"}),
+    ("server-id-sim",
+     "(EngineCore_DP0 pid=103) ValueError: Can't read the target server_id 127.0.1.2 and device_rank 0 from rank "
+     "table", "ranktable-server-id", {"ip": "127.0.1.2", "values.device_rank": "0"}),
     ("devid-real", "ranktable config devId[1], but local devId[3]", "ranktable-devid-mismatch",
      {"device": 1, "values.local": "3"}),
     ("driver-real", "this package does not support hrtRaAiQpCreate for device, please change new package",
@@ -506,3 +519,21 @@ def test_sim_engine_death_while_running(sim):
         time.sleep(0.1)
     text = p.wait_log("EngineDeadError")
     assert _ids(text) == ["engine-dead"] and p.p.poll() is None
+
+
+def test_sim_llmdatadist_rank_table_failures(sim, tmp_path):
+    n = sim.node("p0", 1)
+    wrong = tmp_path / "ranktable-wrong.json"
+    wrong.write_text(json.dumps(_table(n, "10.99.99.99")))
+    r = _llmdd_rank(sim, n, wrong)
+    assert r.wait() == 1
+    (f,) = match(r.text())
+    assert f.id == "ranktable-server-id" and f.ip == n.address and f.values["device_rank"] == "0"
+    count = tmp_path / "ranktable-count.json"
+    count.write_text(json.dumps(_table(n, n.devices[0]["ip"], server_count="2")))
+    r = _llmdd_rank(sim, n, count)
+    assert r.wait() == 1
+    assert _ids(r.text()) == ["ranktable-invalid"]
+    r = _llmdd_rank(sim, n, tmp_path / "ranktable.json")
+    assert r.wait() == 1
+    assert _ids(r.text()) == ["ranktable-missing"]

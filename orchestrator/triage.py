@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from collections.abc import Callable, Sequence
+from typing import Literal
 
 from .plan import MOONCAKE_TE_BASE
 
@@ -40,7 +41,6 @@ Scope = Literal["device", "rank", "node", "group"]
 LINE_MAX = 300  # a finding quotes at most this much of the matched line
 SCAN_MAX = 1 << 20  # match() reads at most the last MiB of a tail ...
 SCAN_LINE_MAX = 8192  # ... and the first 8 KiB of a line: bounded work whatever a node sends
-_LONG_LINE = re.compile(r"[^\n]{%d}[^\n]+" % SCAN_LINE_MAX)
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
@@ -91,6 +91,18 @@ class Finding:
     port: int | None = None
     ip: str | None = None
     values: dict[str, str] = field(default_factory=dict)
+
+    def headline(self, node: str, devices: Sequence[int] = ()) -> str:
+        """One console line: where (the rank's node; the device the line names, else the rank's
+        devices when the finding is about devices), what, why, and the fix. A device named by the
+        line may sit on another node of the group (TLS lists): its IP is then given with it."""
+        if self.device is not None:
+            where = f"{node} (device {self.device}" + (f" of {self.ip}" if self.ip and self.scope == "device" else "") + ")"
+        elif devices and self.scope == "device":
+            where = f"{node} (device{'s' if len(devices) > 1 else ''} {','.join(str(d) for d in devices)})"
+        else:
+            where = node
+        return f"{where}: {self.title}. {self.cause} Fix: {self.fix}"
 
     def to_json(self) -> dict:
         return {"id": self.id, "title": self.title, "severity": self.severity, "scope": self.scope,
@@ -238,7 +250,8 @@ SIGNATURES: tuple[Signature, ...] = (
     Signature(
         id="hccn-conf-missing",
         title="Device IPs not visible to HCCL (hccn.conf not mounted)",
-        patterns=_re(r"(?:HCCL\((?P<pid>\d+),[^)]*\).*)?\[RanktablCheck\] 'device ip' is not set correctly"),
+        patterns=_re(r"HCCL\((?P<pid>\d+),[^)\n]*\)[^\n]*\[RanktablCheck\] 'device ip' is not set correctly",
+                     r"\[RanktablCheck\] 'device ip' is not set correctly"),
         cause=("HCCL inside the container cannot read the device IPs (usually /etc/hccn.conf is not mounted, or "
                "lacks this device's address_<id>); the rank starts but KV transfer breaks and it answers garbage."),
         fix=("Mount /etc/hccn.conf (and hccn_tool) into the container: `-v /etc/hccn.conf:/etc/hccn.conf`, "
@@ -422,7 +435,7 @@ SIGNATURES: tuple[Signature, ...] = (
         patterns=_re(r"\|\s*(?P<ip>[0-9A-Fa-f:.]+)\((?P<rank>\d+)\)\s*\|\s*(?P<port>\d+)\s*\|.*\|\s*time out\s*\|"
                      r"\s*(?P<tls>ENABLE|DISABLE)\s*\|",
                      r"EI0006.*?(?:\[PID: (?P<pid>\d+)\])",
-                     r"Get_Socket_Timeout\(EI0006\)|Communication_Error_Get_Socket\(EI0006\)",
+                     r"Get_Socket(?:_Timeout)?\(EI0006\)",  # also Communication_Error_Get_Socket(EI0006)
                      r"wait socket establish timeout, role\[\d+\] rank\[(?P<rank>\d+)\] timeout\[(?P<timeout_s>\d+) ?s\]",
                      r"Getting socket times out\.",
                      r"adjust the timeout interval by using the HCCL_CONNECT_TIMEOUT environment variable"),
@@ -622,8 +635,12 @@ def _clean(text: str) -> str:
     if len(text) > SCAN_MAX:
         text = text[-SCAN_MAX:]
         text = text[text.find("\n") + 1:]
-    text = _ANSI.sub("", text)
-    return _LONG_LINE.sub(lambda m: m.group(0)[:SCAN_LINE_MAX], text)
+    if "\x1b" in text:
+        text = _ANSI.sub("", text)
+    lines = text.split("\n")
+    if any(len(line) > SCAN_LINE_MAX for line in lines):
+        text = "\n".join(line[:SCAN_LINE_MAX] for line in lines)
+    return text
 
 
 def _apply(sig: Signature, text: str, ctx: Context) -> Finding | None:

@@ -387,6 +387,17 @@ def test_tls_finding_names_the_odd_device():
     assert "127.0.1.2 device 1" in f.cause and "-tls -s enable 0" in f.fix
 
 
+def test_headline_names_node_and_device():
+    cases = dict((c[0], c[1]) for c in CASES)
+    (tls,) = match(cases["tls-sim"])
+    assert tls.headline("d0", [0]).startswith("d0 (device 1 of 127.0.1.2): HCCL TLS switch differs")
+    (hbm,) = match(cases["hbm-sim"])
+    line = hbm.headline("n1", [2, 3])
+    assert line.startswith("n1 (devices 2,3): NPU memory held") and "Fix: Find the holder with `npu-smi info`" in line
+    (hs,) = match(cases["handshake-sim"])
+    assert hs.headline("n2", [0]).startswith("n2: Engine core got no handshake")
+
+
 def test_hbm_fix_points_at_npu_smi():
     (f,) = match(CASES[[c[0] for c in CASES].index("hbm-sim")][1])
     assert "npu-smi info" in f.fix and f.scope == "device"

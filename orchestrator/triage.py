@@ -24,8 +24,8 @@ Design:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 from .plan import MOONCAKE_TE_BASE

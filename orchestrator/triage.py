@@ -18,6 +18,8 @@ Design:
   over them, so the finding says "kv_port 20002" rather than "a port". A few signatures refine
   the text from the values (`refine`): the kv_port inside the transfer engine's random range,
   the HCCL_BUFFSIZE to set, which TLS list is the odd one out.
+- Bounded: at most the last MiB of a tail and 8 KiB of a line are scanned (about 1.5 ms per
+  64 KiB tail on this machine), so a hostile or runaway log cannot stall `up`.
 - Pure: no I/O, no clock. docs/troubleshooting.md is generated from the table
   (`python -m orchestrator.triage > docs/troubleshooting.md`) and a test checks it is current.
 """

@@ -288,3 +288,20 @@ def test_up_again_after_a_failure_keeps_healthy_groups_and_brings_up_the_rest(sm
         small.fault("d0", "clear-runtime")
         code, td = small.json("teardown", small.inventory)
         assert code == 0, td
+
+
+def test_tls_mismatch_found_by_triage_when_checks_are_skipped(small):
+    """--skip-checks lets a TLS mismatch through to launch: the ranks' EI0016 lines are matched
+    live and the failure says what it is and how to fix it, naming the node and device."""
+    small.fault("d1", "tls-on", device=2)
+    try:
+        p = small.run("up", small.inventory, "--skip-checks")
+        assert p.returncode == 1
+        err = p.stderr
+        assert "HCCL TLS switch differs between devices (EI0016)" in err
+        assert "-tls -s enable 0" in err and "d1" in err
+        assert "group d" in err
+    finally:
+        small.fault("d1", "clear")
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td

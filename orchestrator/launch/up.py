@@ -65,6 +65,7 @@ class Up:
         self.nodes = plan.nodes
         self.container_ids: dict[str, str] = {}
         self.lost: dict[str, str] = {}  # nodes that became unreachable after the checks
+        self.said: set[tuple[str, str]] = set()  # live-triage findings already printed
         self.keep: set[str] = set()  # groups already healthy: left running
         self.started = time.monotonic()
         self.facts: dict | None = None      # check-network's collected facts (rank table input)
@@ -490,7 +491,7 @@ class Up:
                                      f"still waiting on {r.where()}")
             for g, (r, why) in trouble.items():
                 log = (await self._tails([r])).get(r.log, "") if r.node not in self.lost else ""
-                findings = _triage(log)
+                findings = _triage(log, r, self.inv.devices_per_node)
                 msg = why + (f"; last lines of {r.log}:\n" + _indent(log) if log else "")
                 if findings:
                     msg += "\n" + "\n".join(f"    cause: {f}" for f in findings)
@@ -518,9 +519,14 @@ class Up:
                 result.failed_groups[g] = msg
                 self._group_failed(g, msg, r.node)
                 del pending[g]
-            for r in (r for g in pending for r in groups[g]):
-                if r.log in tails:
-                    last_line[r.key] = tails[r.log]
+            for g in pending:  # live triage: a known failure line in a rank's log, said at once
+                for r in groups[g]:
+                    if r.log in tails:
+                        last_line[r.key] = tails[r.log]
+                        for line in _triage(tails[r.log], r, self.inv.devices_per_node):
+                            if (g, line) not in self.said:
+                                self.said.add((g, line))
+                                self.progress.say(f"  group {g}: {line}")
             if pending:
                 self.progress.waiting([self._wait_line(g, groups[g], ready[g], last_line, now) for g in pending])
                 self.ledger.save()
@@ -574,7 +580,7 @@ class Up:
             (root / "plan.json").write_text(json.dumps(self.plan.to_json(), indent=1))
             live = [r for r in refs if r.node not in self.lost]
             for r, text in zip(live, await asyncio.gather(*(self._tail_file(r.node, r.log, 200) for r in live))):
-                (root / f"{r.key}.log").write_text(text + "\n")
+                (root / f"rank-{r.key}.log").write_text(text + "\n")
             for node in sorted({r.node for r in live}):
                 devs = sorted({d for r in refs if r.node == node for d in r.rank.devices})
                 script = "echo '== npu-smi info'; npu-smi info 2>&1\n" + "".join(
@@ -585,6 +591,9 @@ class Up:
         except OSError as e:
             return f"(could not write the diagnostics to {root}: {e})"
         return str(root)
+
+    def _group_failed(self, group: str, msg: str, node: str) -> None:
+        self.progress.say(f"  FAILED group {group} ({node}): {msg}")
 
     def _wait_line(self, group: str, refs: list[RankRef], ready: set[str], last: dict[str, str], now: float) -> str:
         n_http = len(http_ranks(refs))
@@ -776,13 +785,15 @@ def container_drift(current: dict, spec: ContainerPlan) -> list[str]:
     return diff
 
 
-def _triage(log: str) -> list[str]:
-    """Known failure signatures in a log tail (orchestrator.triage), as 'cause — fix' lines."""
-    try:
-        from .. import triage
-    except ImportError:
-        return []
-    return [f"{f.cause} — fix: {f.fix}" for f in triage.match(log)]
+def _triage(log: str, ref: RankRef | None = None, npus: int | None = None) -> list[str]:
+    """Known failure signatures in a log tail (orchestrator.triage): one line each, naming the
+    node and devices, with the cause and the fix."""
+    from .. import triage
+
+    found = triage.match(log, npus_per_node=npus)
+    if ref is None:
+        return [f"{f.cause} Fix: {f.fix}" for f in found]
+    return [f.headline(ref.node, ref.rank.devices) for f in found]
 
 
 def _indent(text: str) -> str:

@@ -305,3 +305,36 @@ def test_tls_mismatch_found_by_triage_when_checks_are_skipped(small):
         small.fault("d1", "clear")
         code, td = small.json("teardown", small.inventory)
         assert code == 0, td
+
+
+def test_ctrl_c_during_up_leaves_a_ledger_then_up_resumes_and_teardown_converges(small):
+    import signal as _signal
+    import time as _time
+
+    small.fault("d0", "slow-start:20")  # the decode group takes long: interrupt while waiting for it
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", small.inventory, "--skip-checks"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **small.env})
+    try:
+        deadline = _time.monotonic() + 120
+        ledger = Path(small.env["DEPLOY_STATE_DIR"]) / small.inv["name"] / "ledger.json"
+        while _time.monotonic() < deadline:  # until every rank has been started
+            if ledger.exists() and len(json.loads(ledger.read_text()).get("ranks", {})) == 36:
+                break
+            _time.sleep(0.3)
+        _time.sleep(1.0)
+        proc.send_signal(_signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err[-2000:]
+        led = json.loads(ledger.read_text())
+        assert led["state"] == "interrupted" and len(led["ranks"]) == 36
+        small.fault("d0", "clear-runtime")
+        code, doc = small.json("up", small.inventory)
+        assert code == 0 and doc["ok"], json.dumps(doc)[:3000]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        small.fault("d0", "clear-runtime")
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td
+        small.assert_nothing_left()

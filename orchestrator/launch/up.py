@@ -141,18 +141,25 @@ class Up:
     # ------------------------------------------------------------------ existing deployment
 
     async def _healthy_groups(self) -> set[str]:
-        """Groups whose every rank (from the ledger) is alive and, if it serves HTTP, healthy."""
+        """Groups whose every rank (from the ledger) is alive and, if it serves HTTP, healthy.
+        The leftovers of any other group a previous run started (interrupted or failed) are
+        stopped on all its nodes: they hold devices and a half-joined group never recovers."""
         if not self.ledger.ranks or self.ledger.plan != self.plan.to_json() or self.opts.recreate:
             return set()
         alive = await self._alive_map()
         healthy = set()
         for group, refs in by_group(self.refs).items():
             entries = [self.ledger.ranks.get(r.key) for r in refs]
-            if any(e is None or e.pid is None or not alive.get((r.node, e.pid)) for r, e in zip(refs, entries)):
-                continue
-            codes = await asyncio.gather(*(self._health(r) for r in http_ranks(refs)))
-            if all(c.ok for c in codes):
-                healthy.add(group)
+            live = [r for r, e in zip(refs, entries) if e is not None and e.pid and alive.get((r.node, e.pid))]
+            if len(live) == len(refs):
+                codes = await asyncio.gather(*(self._health(r) for r in http_ranks(refs)))
+                if all(c.ok for c in codes):
+                    healthy.add(group)
+                    continue
+            if live and group in self.groups:
+                self.progress.say(f"  group {group}: {len(live)} rank(s) of an earlier run are still there but the "
+                                  "group is not healthy; stopping them on all its nodes before starting it again")
+                await self._stop_group(refs)
         return healthy
 
     async def _alive_map(self) -> dict[tuple[str, int], bool]:

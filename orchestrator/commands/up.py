@@ -8,10 +8,10 @@ import click
 
 from ..launch.ledger import Ledger, LockHeld, deployment_lock
 from ..launch.progress import Progress
-from ..launch.session import emit, plan_from_file, run_async
+from ..launch.session import run_dir_or_exit, emit, plan_from_file, run_async
 from ..launch.steps import exit_code
 from ..launch.up import Up, UpOptions
-from ..runlog import run_dir
+
 from ..transport import Cluster
 
 
@@ -32,7 +32,7 @@ def command(inventory: str, skip_checks: bool, recreate: bool, only: tuple[str, 
     if unknown:
         raise click.BadParameter(f"no group {', '.join(unknown)} (groups: {', '.join(groups)})", param_hint="--only")
     progress = Progress(quiet=as_json)
-    logs = run_dir(plan.inventory, "up")
+    logs = run_dir_or_exit(plan.inventory, "up", as_json)
     try:
         lock = deployment_lock(plan.name, "up")
         lock.__enter__()
@@ -88,7 +88,7 @@ def command(inventory: str, skip_checks: bool, recreate: bool, only: tuple[str, 
 def _summary(doc: dict, progress: Progress) -> None:
     say = progress.console.print
     if doc.get("interrupted"):
-        say(f"[bold yellow]interrupted[/bold yellow]: the ledger records what was started; "
+        say("[bold yellow]interrupted[/bold yellow]: the ledger records what was started; "
             f"`deploy up` again continues, `deploy teardown` stops it all")
     elif doc["ok"]:
         if doc["nothing_to_do"]:

@@ -51,6 +51,7 @@ def launched_plan(path: str, as_json: bool) -> tuple[Plan, Ledger | None, str]:
     from ..inventory import parse_inventory
 
     plan, _text = plan_from_file(path, as_json)
+    run_dir_or_exit(plan.inventory, "state", as_json, probe=True)
     try:
         ledger = Ledger.load(plan.name)
     except ValueError as e:
@@ -87,3 +88,26 @@ def run_async(coro):
         return None, 143 if terminated["flag"] else 130
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def run_dir_or_exit(inventory, command: str, as_json: bool, probe: bool = False):
+    """The run folder; a state folder that cannot be written (full, read-only) stops the
+    command before it touches a node, naming the folder (the ledger must be writable).
+    `probe`: only check that the deployment's folder can be made."""
+    from ..runlog import StateError, run_dir, state_dir
+    from .ledger import deployment_dir
+
+    try:
+        if probe:
+            try:
+                return deployment_dir(inventory.name)
+            except OSError as e:
+                raise StateError(state_dir(), e) from None
+        return run_dir(inventory, command)
+    except StateError as e:
+        msg = str(e)
+        if as_json:
+            emit({"ok": False, "exit_code": 1, "error": msg})
+        else:
+            click.echo(f"error: {msg}", err=True)
+        sys.exit(1)

@@ -5,9 +5,8 @@ import sys
 
 import click
 
-from ..launch.ledger import LockHeld, deployment_lock
 from ..launch.progress import Progress
-from ..launch.session import run_dir_or_exit, emit, launched_plan, run_async
+from ..launch.session import emit, lock_or_exit, run_dir_or_exit, launched_plan, run_async
 from ..launch.steps import exit_code
 from ..launch.teardown import GRACE, Teardown, TeardownOptions
 
@@ -28,12 +27,7 @@ def command(inventory: str, keep_containers: bool, grace: float, as_json: bool) 
     plan, ledger, source = launched_plan(inventory, as_json)
     progress = Progress(quiet=as_json)
     logs = run_dir_or_exit(plan.inventory, "teardown", as_json)
-    try:
-        lock = deployment_lock(plan.name, "teardown")
-        lock.__enter__()
-    except LockHeld as e:
-        (emit({"ok": False, "exit_code": 1, "error": str(e)}) if as_json else click.echo(f"error: {e}", err=True))
-        sys.exit(1)
+    lock = lock_or_exit(plan.name, "teardown", as_json)
     holder: dict = {}
 
     async def go():

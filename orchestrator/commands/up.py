@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from ..launch.ledger import Ledger, LockHeld, deployment_lock
+from ..launch.ledger import Ledger
 from ..launch.progress import Progress
-from ..launch.session import run_dir_or_exit, emit, plan_from_file, run_async
+from ..launch.session import emit, lock_or_exit, run_dir_or_exit, plan_from_file, run_async
 from ..launch.steps import exit_code
 from ..launch.up import Up, UpOptions
 
@@ -33,15 +33,7 @@ def command(inventory: str, skip_checks: bool, recreate: bool, only: tuple[str, 
         raise click.BadParameter(f"no group {', '.join(unknown)} (groups: {', '.join(groups)})", param_hint="--only")
     progress = Progress(quiet=as_json)
     logs = run_dir_or_exit(plan.inventory, "up", as_json)
-    try:
-        lock = deployment_lock(plan.name, "up")
-        lock.__enter__()
-    except LockHeld as e:
-        if as_json:
-            emit({"ok": False, "exit_code": 1, "error": str(e)})
-        else:
-            click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+    lock = lock_or_exit(plan.name, "up", as_json)
     try:
         ledger = Ledger.load(plan.name) or Ledger(plan.name)
     except ValueError as e:
@@ -89,7 +81,7 @@ def _summary(doc: dict, progress: Progress) -> None:
     say = progress.console.print
     if doc.get("interrupted"):
         say("[bold yellow]interrupted[/bold yellow]: the ledger records what was started; "
-            f"`deploy up` again continues, `deploy teardown` stops it all")
+            "`deploy up` again continues, `deploy teardown` stops it all")
     elif doc["ok"]:
         if doc["nothing_to_do"]:
             say(f"[bold green]serving[/bold green] {doc['endpoint']} (nothing to do)")

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -105,9 +106,26 @@ def run_dir_or_exit(inventory, command: str, as_json: bool, probe: bool = False)
                 raise StateError(state_dir(), e) from None
         return run_dir(inventory, command)
     except StateError as e:
-        msg = str(e)
-        if as_json:
-            emit({"ok": False, "exit_code": 1, "error": msg})
-        else:
-            click.echo(f"error: {msg}", err=True)
-        sys.exit(1)
+        fail(str(e), as_json)
+
+
+def fail(message: str, as_json: bool, code: int = 1) -> NoReturn:
+    """One error line (or one JSON object under --json), then exit."""
+    if as_json:
+        emit({"ok": False, "exit_code": code, "error": message})
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def lock_or_exit(name: str, command: str, as_json: bool):
+    """Take the deployment's lock for this command (released by `.__exit__`), or exit 1
+    naming the holder: a second up/teardown of the same inventory is refused at once."""
+    from .ledger import LockHeld, deployment_lock
+
+    lock = deployment_lock(name, command)
+    try:
+        lock.__enter__()
+    except LockHeld as e:
+        fail(str(e), as_json)
+    return lock

@@ -113,13 +113,15 @@ def test_example_comes_up_serves_and_tears_down_clean(example):
         code, st = sim.json("status", sim.inventory)
         assert code == 0 and st["ok"], json.dumps(st, indent=1)[:3000]
         assert all(r["alive"] and r["healthy"] for r in st["ranks"])
-        code, again = sim.json("up", sim.inventory)
-        assert code == 0 and again["nothing_to_do"], again
+        if example == SMALL.name:  # once is enough for the repeat cases (they do not depend on the shape)
+            code, again = sim.json("up", sim.inventory)
+            assert code == 0 and again["nothing_to_do"], again
         code, td = sim.json("teardown", sim.inventory)
         assert code == 0 and td["ok"], json.dumps(td, indent=1)[:3000]
         sim.assert_nothing_left()
-        code, td2 = sim.json("teardown", sim.inventory)  # safe to run twice
-        assert code == 0 and td2["ok"]
+        if example == SMALL.name:
+            code, td2 = sim.json("teardown", sim.inventory)  # safe to run twice
+            assert code == 0 and td2["ok"]
     finally:
         sim.down()
 
@@ -127,8 +129,17 @@ def test_example_comes_up_serves_and_tears_down_clean(example):
 SMALL = ROOT / "inventories" / "dsv31-a3-2p1d.yaml"
 
 
+@pytest.fixture(scope="module")
+def small():
+    """The 2P1D example on one SSH server kind: what is tested here does not depend on it."""
+    sim = Sim(SMALL, MODES[0])
+    yield sim
+    sim.down()
+
+
 @pytest.fixture(scope="module", params=MODES)
-def small(request):
+def small_ssh(request):
+    """The same in both SSH server kinds, for what SSH itself decides (unreachable, lost nodes)."""
     sim = Sim(SMALL, request.param)
     yield sim
     sim.down()
@@ -340,7 +351,8 @@ def test_ctrl_c_during_up_leaves_a_ledger_then_up_resumes_and_teardown_converges
         small.assert_nothing_left()
 
 
-def test_unreachable_node_refuses_up_exit_4_naming_it(small):
+def test_unreachable_node_refuses_up_exit_4_naming_it(small_ssh):
+    small = small_ssh
     small.fault("p1", "unreachable")
     try:
         code, doc = small.json("up", small.inventory)
@@ -353,7 +365,8 @@ def test_unreachable_node_refuses_up_exit_4_naming_it(small):
     assert all(o["stdout"].strip() == "" for o in ps.values()), "launched despite an unreachable node"
 
 
-def test_dead_backend_after_up_shows_in_status_and_a_node_lost_in_teardown_is_named(small):
+def test_dead_backend_after_up_shows_in_status_and_a_node_lost_in_teardown_is_named(small_ssh):
+    small = small_ssh
     code, doc = small.json("up", small.inventory)
     assert code == 0, json.dumps(doc)[:2000]
     try:

@@ -497,8 +497,9 @@ class Up:
                                      f"{len(ready[g])}/{len(http_ranks(groups[g]))} ranks answer /health; "
                                      f"still waiting on {r.where()}")
             for g, (r, why) in trouble.items():
-                log = (await self._tails([r])).get(r.log, "") if r.node not in self.lost else ""
-                findings = _triage(log, r, self.inv.devices_per_node)
+                long = (await self._tails([r], 300)).get(r.log, "") if r.node not in self.lost else ""
+                log = "\n".join(long.splitlines()[-LOG_TAIL:])
+                findings = [line for _id, line in _triage(long, r, self.inv.devices_per_node)]
                 msg = why + (f"; last lines of {r.log}:\n" + _indent(log) if log else "")
                 if findings:
                     msg += "\n" + "\n".join(f"    cause: {f}" for f in findings)
@@ -530,9 +531,9 @@ class Up:
                 for r in groups[g]:
                     if r.log in tails:
                         last_line[r.key] = tails[r.log]
-                        for line in _triage(tails[r.log], r, self.inv.devices_per_node):
-                            if (g, line) not in self.said:
-                                self.said.add((g, line))
+                        for sig, line in _triage(tails[r.log], r, self.inv.devices_per_node, live=True):
+                            if (g, sig) not in self.said:  # once per group: every rank prints the same
+                                self.said.add((g, sig))
                                 self.progress.say(f"  group {g}: {line}")
             if pending:
                 self.progress.waiting([self._wait_line(g, groups[g], ready[g], last_line, now) for g in pending])
@@ -792,15 +793,16 @@ def container_drift(current: dict, spec: ContainerPlan) -> list[str]:
     return diff
 
 
-def _triage(log: str, ref: RankRef | None = None, npus: int | None = None) -> list[str]:
-    """Known failure signatures in a log tail (orchestrator.triage): one line each, naming the
-    node and devices, with the cause and the fix."""
+GENERIC = {"engine-init-failed", "engine-dead"}  # fallbacks: not worth a live line of their own
+
+
+def _triage(log: str, ref: RankRef, npus: int | None = None, live: bool = False) -> list[tuple[str, str]]:
+    """Known failure signatures in a log tail (orchestrator.triage): (signature id, one line
+    naming the node and devices, with the cause and the fix)."""
     from .. import triage
 
-    found = triage.match(log, npus_per_node=npus)
-    if ref is None:
-        return [f"{f.cause} Fix: {f.fix}" for f in found]
-    return [f.headline(ref.node, ref.rank.devices) for f in found]
+    return [(f.id, f.headline(ref.node, ref.rank.devices)) for f in triage.match(log, npus_per_node=npus)
+            if not (live and f.id in GENERIC)]
 
 
 def _indent(text: str) -> str:

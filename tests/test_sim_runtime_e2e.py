@@ -67,16 +67,20 @@ class Deployment:
         self.root = self.base / "sim"
         p = deploy("sim", "up", str(self.base / "inv.yaml"), "--dir", str(self.root), "--sshd", mode,
                    "--startup", startup, "--time-factor", time_factor)
-        assert p.returncode == 0, p.stderr
-        self.inventory = p.stdout.strip().splitlines()[-1]
-        self.inv = yaml.safe_load(Path(self.inventory).read_text())
-        self.scripts = {n: plan_sections(deploy("plan", self.inventory, "--script", n).stdout) for n in self.inv["nodes"]}
-        from orchestrator.inventory import load_inventory
-        from orchestrator.plan import make_plan
+        try:
+            assert p.returncode == 0, p.stderr
+            self.inventory = p.stdout.strip().splitlines()[-1]
+            self.inv = yaml.safe_load(Path(self.inventory).read_text())
+            self.scripts = {n: plan_sections(deploy("plan", self.inventory, "--script", n).stdout) for n in self.inv["nodes"]}
+            from orchestrator.inventory import load_inventory
+            from orchestrator.plan import make_plan
 
-        self.plan = make_plan(load_inventory(self.inventory))
-        self.state = f"/var/tmp/deploy/{self.inv['name']}"
-        self.name = f"vllm-{self.inv['name']}"
+            self.plan = make_plan(load_inventory(self.inventory))
+            self.state = f"/var/tmp/deploy/{self.inv['name']}"
+            self.name = f"vllm-{self.inv['name']}"
+        except BaseException:  # never leave a sim running behind a failed set-up
+            self.down()
+            raise
 
     # -- commands over SSH
     def on(self, node: str, *argv: str, timeout: float = 60) -> dict:

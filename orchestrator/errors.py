@@ -1,9 +1,17 @@
 """Inventory problems as values, so every error in a file is reported together with its line."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+_PLAIN = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 Path = tuple[str | int, ...]
+
+
+def excerpt(value: object, limit: int = 60) -> str:
+    """`repr(value)` cut to `limit` characters: errors never print a whole (huge) value."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 5] + "…" + text[-4:]
 
 
 def path_str(path: Path) -> str:
@@ -12,7 +20,8 @@ def path_str(path: Path) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            out += ("." if out else "") + text if _PLAIN.match(text) else f"[{excerpt(text)}]"
     return out or "(top level)"
 
 

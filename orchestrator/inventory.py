@@ -7,15 +7,20 @@ devices, ports) are then checked by the planner, which owns allocation; `load_an
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import math
+import os
 import re
+import stat
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints,
+                      ValidationError, field_validator)
 
-from .errors import InventoryError, Problem, Source
-from .yamlmarks import load_located
+from .errors import InventoryError, Problem, Source, excerpt
+from .yamlmarks import LimitError, load_located
 
 SOC_DEVICES = {"a2": 8, "a3": 16}
 CONNECTORS = (
@@ -24,12 +29,104 @@ CONNECTORS = (
     "MooncakeLayerwiseConnector",
     "LLMDataDistCMgrConnector",
 )
-NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+ENV_RE = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# A vllm/proxy flag name, with or without its leading dashes; never `flag=value`.
+FLAG_RE = r"^-{0,2}[A-Za-z0-9][A-Za-z0-9_.-]*$"
+HOST_RE = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_.-]{0,252})$")
+NIC_RE = r"^[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}$"
+HOP_RE = re.compile(r"^(?:([A-Za-z0-9_][A-Za-z0-9_.-]*)@)?(\[[0-9A-Fa-f:.%]+\]|[A-Za-z0-9_.-]+)"
+                    r"(?::(\d{1,5}))?$")
+MAX_INVENTORY_BYTES = 2 * 1024 * 1024
+MAX_CONNECT_TIMEOUT = 600.0      # s: a handshake that takes longer is a dead node
+MAX_READINESS_TIMEOUT = 7 * 86400.0
+MAX_PARALLEL = 4096
+
+# Names that become file names, log paths, script lines and container names: validated here,
+# where they enter (docs/limits.md). Length-bounded so they also fit a Linux file name.
+def _no_dotdot(v: str) -> str:
+    if ".." in v:
+        raise ValueError(f"{excerpt(v)}: '..' is not allowed in a name (it names files)")
+    return v
+
+
+def _argument(v: str) -> str:
+    """A value passed as one argv token after a command (docker's IMAGE, vllm's MODEL): a
+    leading `-` would be read as an option, a control character breaks every log line."""
+    if not v or v.startswith("-") or re.search(r"[\x00-\x1f\x7f]", v):
+        raise ValueError(f"{excerpt(v)} must be non-empty, not start with '-' and have no "
+                         "control characters")
+    return v
+
+
+Name = Annotated[str, StringConstraints(pattern=NAME_RE), AfterValidator(_no_dotdot)]
+Argument = Annotated[str, AfterValidator(_argument)]
+EnvName = Annotated[str, StringConstraints(pattern=ENV_RE, max_length=255)]
+FlagName = Annotated[str, StringConstraints(pattern=FLAG_RE, max_length=128)]
 Scalar = str | int | float | bool
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # strict: YAML already types every scalar; `dp: true`, `dp: 1.5`, `dp: "8"` are mistakes the
+    # spec does not allow, not values to coerce (an int is still accepted where a float is).
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True)
+
+
+def env_text(value: Any) -> Any:
+    """Env values reach a shell as text: YAML spellings for bools (never Python's `True`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def _env_values(env: dict[str, Any]) -> dict[str, Any]:
+    return {k: env_text(v) for k, v in env.items()}
+
+
+def _json_safe(value: Any, depth: int = 0) -> Any:
+    """args/extra values become JSON or argv text: plain JSON data, finite numbers only."""
+    if depth > 32:
+        raise ValueError("nested too deeply")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a finite number")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, list):
+        return [_json_safe(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v, depth + 1) for k, v in value.items()}
+    raise ValueError(f"{excerpt(value)} ({type(value).__name__}) is not a string, number, "
+                     "boolean, list or mapping")
+
+
+JsonData = Annotated[Any, AfterValidator(_json_safe)]
+
+
+def parse_jump(spec: str) -> list[tuple[str | None, str, int | None]]:
+    """`user@host:port[,user@host:port…]` (host may be `[v6]`) -> hops; ValueError if malformed."""
+    hops = []
+    for hop in spec.split(","):
+        m = HOP_RE.match(hop.strip())
+        if not m or (m.group(3) and not 1 <= int(m.group(3)) <= 65535):
+            raise ValueError(f"cannot parse jump host {excerpt(hop.strip())} "
+                             "(expected [user@]host[:port], comma-separated)")
+        host = m.group(2)[1:-1] if m.group(2).startswith("[") else m.group(2)
+        hops.append((m.group(1), host, int(m.group(3)) if m.group(3) else None))
+    return hops
+
+
+def _host(value: str) -> str:
+    """An IP address or a host name; nothing a resolver, ssh or a shell could read otherwise."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if not HOST_RE.match(value) or ".." in value:
+        raise ValueError(f"{excerpt(value)} is not an IP address or host name")
+    return value
 
 
 class SSH(Strict):
@@ -39,19 +136,41 @@ class SSH(Strict):
     jump: str | None = None
     host_keys: Literal["strict", "accept-new"] = "accept-new"
     known_hosts: str = "~/.ssh/known_hosts"
-    connect_timeout: float = Field(default=10, gt=0)
-    parallel: int = Field(default=64, ge=1)
+    connect_timeout: float = Field(default=10, gt=0, le=MAX_CONNECT_TIMEOUT, allow_inf_nan=False)
+    parallel: int = Field(default=64, ge=1, le=MAX_PARALLEL)
     sudo: bool = False
+
+    @field_validator("jump")
+    @classmethod
+    def _jump(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_jump(v)
+        return v
 
 
 class Node(Strict):
     host: str
-    nic: str
+    nic: str = Field(pattern=NIC_RE)
     ip: str | None = None
     user: str | None = None
     port: int | None = Field(default=None, ge=1, le=65535)
     identity_file: str | None = None
     devices: list[int] | None = None
+
+    @field_validator("host")
+    @classmethod
+    def _host_name(cls, v: str) -> str:
+        return _host(v)
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(f"{excerpt(v)} is not an IP address") from None
+        return v
 
     @property
     def cluster_ip(self) -> str:
@@ -103,11 +222,11 @@ def _argv(argv: list[str]) -> list[str]:
 
 
 class Container(Strict):
-    image: str
-    name: str | None = None
-    shm_size: str = "1g"
-    mounts: list[Annotated[str, AfterValidator(_mount)]] = Field(default_factory=list)
-    env: dict[str, Scalar] = Field(default_factory=dict)
+    image: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@+-]*$", max_length=512)
+    name: Name | None = None
+    shm_size: str = Field(default="1g", pattern=r"^[0-9]+(\.[0-9]+)? ?[kKmMgGtTpP]?[iI]?[bB]?$", max_length=20)
+    mounts: list[Annotated[Argument, AfterValidator(_mount)]] = Field(default_factory=list)
+    env: dict[EnvName, Scalar] = Field(default_factory=dict)
     privileged: bool = False
     # Extensions for up (docs/inventory.md): sourced before every rank when present in the image;
     # argv lists run once in each new container (never through a shell); the sitecustomize guard
@@ -116,10 +235,12 @@ class Container(Strict):
     setup: list[Annotated[list[str], AfterValidator(_argv)]] = Field(default_factory=list)
     socket_env_guard: bool | None = None
 
+    _env = field_validator("env")(classmethod(lambda cls, v: _env_values(v)))
+
 
 class Model(Strict):
-    path: str
-    served_name: str | None = None
+    path: Argument
+    served_name: Argument | None = None
 
     @property
     def served(self) -> str:
@@ -127,9 +248,11 @@ class Model(Strict):
 
 
 class RoleDefaults(Strict):
-    env: dict[str, Scalar | None] = Field(default_factory=dict)
-    args: dict[str, Any] = Field(default_factory=dict)
-    kv_extra: dict[str, Any] = Field(default_factory=dict)  # over kv_transfer.extra, this role's groups
+    env: dict[EnvName, Scalar | None] = Field(default_factory=dict)
+    args: dict[FlagName, JsonData] = Field(default_factory=dict)
+    kv_extra: dict[str, JsonData] = Field(default_factory=dict)  # over kv_transfer.extra, this role's groups
+
+    _env = field_validator("env")(classmethod(lambda cls, v: _env_values(v)))
 
 
 class Roles(Strict):
@@ -140,13 +263,13 @@ class Roles(Strict):
 
 class KvTransfer(Strict):
     connector: Literal[CONNECTORS]  # type: ignore[valid-type]
-    extra: dict[str, Any] = Field(default_factory=dict)
+    extra: dict[str, JsonData] = Field(default_factory=dict)
     # Extension (docs/inventory.md): merged into the top level of --kv-transfer-config.
-    config: dict[str, Any] = Field(default_factory=dict)
+    config: dict[str, JsonData] = Field(default_factory=dict)
 
 
 class Group(Strict):
-    name: str = Field(pattern=NAME_RE)
+    name: Name
     role: Literal["prefill", "decode", "serve"]
     nodes: list[str] = Field(min_length=1)
     dp: int = Field(default=1, ge=1)
@@ -158,9 +281,11 @@ class Group(Strict):
     kv_port: int | None = Field(default=None, ge=1, le=65535)
     engine_id: str | None = None
     devices: list[int] | dict[str, list[int]] | None = None
-    env: dict[str, Scalar | None] = Field(default_factory=dict)
-    args: dict[str, Any] = Field(default_factory=dict)
-    kv_extra: dict[str, Any] = Field(default_factory=dict)  # merged last, this group only
+    env: dict[EnvName, Scalar | None] = Field(default_factory=dict)
+    args: dict[FlagName, JsonData] = Field(default_factory=dict)
+    kv_extra: dict[str, JsonData] = Field(default_factory=dict)  # merged last, this group only
+
+    _env = field_validator("env")(classmethod(lambda cls, v: _env_values(v)))
 
     @field_validator("engine_id", mode="before")
     @classmethod
@@ -181,24 +306,26 @@ class Group(Strict):
 class Proxy(Strict):
     node: str
     port: int = Field(default=1999, ge=1, le=65535)
-    script: str | None = None  # None: the upstream example matching the connector
-    args: dict[str, Any] = Field(default_factory=dict)
+    script: Argument | None = None  # None: the upstream example matching the connector
+    args: dict[FlagName, JsonData] = Field(default_factory=dict)
+
 
 
 class Readiness(Strict):
-    timeout: float = Field(default=1800, gt=0)
+    timeout: float = Field(default=1800, gt=0, le=MAX_READINESS_TIMEOUT, allow_inf_nan=False)
+    warmup: int = Field(default=0, ge=0, le=1000)  # requests through each prefill rank before the smoke
     smoke: bool = True
 
 
 class Inventory(Strict):
-    name: str = Field(pattern=r"^[a-z0-9-]+$")
+    name: str = Field(pattern=r"^[a-z0-9-]+$", max_length=63)
     soc: Literal["a2", "a3"]
     ssh: SSH = Field(default_factory=SSH)
-    nodes: dict[str, Node] = Field(min_length=1)
+    nodes: dict[Name, Node] = Field(min_length=1)
     container: Container
     model: Model
-    env: dict[str, Scalar | None] = Field(default_factory=dict)
-    args: dict[str, Any] = Field(default_factory=dict)
+    env: dict[EnvName, Scalar | None] = Field(default_factory=dict)
+    args: dict[FlagName, JsonData] = Field(default_factory=dict)
     roles: Roles = Field(default_factory=Roles)
     kv_transfer: KvTransfer | None = None
     groups: list[Group] = Field(min_length=1)
@@ -206,8 +333,9 @@ class Inventory(Strict):
     readiness: Readiness = Field(default_factory=Readiness)
 
     # Not part of the document: where it was read from, for error lines.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
     _source: Source | None = None
+
+    _env = field_validator("env")(classmethod(lambda cls, v: _env_values(v)))
 
     @property
     def source(self) -> Source | None:
@@ -229,12 +357,44 @@ class Inventory(Strict):
 def load_inventory(path: str | FsPath) -> Inventory:
     """Read and schema-validate; raise InventoryError (every problem at once) on failure."""
     path = FsPath(path)
+    data = read_bounded(path)
     try:
-        text = path.read_text()
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise InventoryError([Problem((), f"byte 0x{data[e.start]:02x} at column {column} is not "
+                                          "UTF-8", "save the inventory as UTF-8")],
+                             Source(str(path), {(): line})) from None
+    return parse_inventory(text.removeprefix("\ufeff"), str(path))
+
+
+def read_bounded(path: FsPath, limit: int = MAX_INVENTORY_BYTES) -> bytes:
+    """A regular file of at most `limit` bytes (never a FIFO, a device or /dev/zero)."""
+    def fail(message: str) -> InventoryError:
+        return InventoryError([Problem((), message)], Source(str(path), {}))
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
-        raise InventoryError([Problem((), f"cannot read the inventory: {e.strerror or e}")],
-                             Source(str(path), {})) from None
-    return parse_inventory(text, str(path))
+        raise fail(f"cannot read the inventory: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise fail("the inventory is not a regular file")
+        if st.st_size > limit:
+            raise fail(f"the inventory is {st.st_size} bytes; the limit is {limit}")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise fail(f"the inventory is larger than {limit} bytes")
+        return b"".join(chunks)
+    except OSError as e:
+        raise fail(f"cannot read the inventory: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
 
 
 def parse_inventory(text: str, filename: str = "<inventory>") -> Inventory:
@@ -244,17 +404,25 @@ def parse_inventory(text: str, filename: str = "<inventory>") -> Inventory:
         mark = getattr(e, "problem_mark", None)
         line = mark.line + 1 if mark else None
         msg = getattr(e, "problem", None) or str(e)
-        raise InventoryError([Problem((), f"YAML syntax: {msg}")],
+        raise InventoryError([Problem((), f"YAML syntax: {excerpt(msg, 200)[1:-1]}")],
                              Source(filename, {(): line} if line else {})) from None
+    except LimitError as e:
+        raise InventoryError([Problem((), e.message, "the inventory exceeds a loader limit "
+                                                     "(docs/limits.md)")],
+                             Source(filename, {(): e.line} if e.line else {})) from None
     source = Source(filename, located.lines)
-    problems = [Problem(p, msg, "remove one of them") for p, _line, msg in located.problems]
+    problems = [Problem(p, msg, "remove one of them" if msg.startswith("duplicate") else "")
+                for p, _line, msg in located.problems]
     data = located.data
     if not isinstance(data, dict):
         raise InventoryError([Problem((), "the inventory must be a YAML mapping")], source)
+    _spelled_env(data, (), located.raw)
     try:
         inv = Inventory.model_validate(data)
     except ValidationError as e:
-        problems += [_schema_problem(err, data) for err in e.errors() if not _other_branch(err, data)]
+        told = {p.path for p in problems}  # the loader already said why that value is wrong
+        problems += [p for p in (_schema_problem(err, data) for err in e.errors()
+                                 if not _other_branch(err, data)) if p.path not in told]
         problems = _dedupe(problems)
         problems.sort(key=lambda p: source.line_of(p.path) or 0)
         raise InventoryError(problems, source) from None
@@ -262,6 +430,24 @@ def parse_inventory(text: str, filename: str = "<inventory>") -> Inventory:
         raise InventoryError(problems, source)
     inv._source = source
     return inv
+
+
+def _spelled_env(data: Any, path: tuple, raw: dict) -> None:
+    """Every `env` mapping: a bool or number becomes the text the file spelled (`True`, `0x10`,
+    `1.50`), which is what a person writing `KEY: value` means for a shell variable."""
+    if isinstance(data, dict):
+        for key, value in data.items():
+            if key in ("args", "extra", "config", "kv_extra"):
+                continue  # JSON data for vLLM: keep its types
+            if key == "env" and isinstance(value, dict):
+                for name, v in value.items():
+                    if isinstance(v, (bool, int, float)):
+                        value[name] = raw.get(path + (key, name), env_text(v))
+            else:
+                _spelled_env(value, path + (key,), raw)
+    elif isinstance(data, list):
+        for i, item in enumerate(data):
+            _spelled_env(item, path + (i,), raw)
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:
@@ -333,10 +519,27 @@ def _model_for(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+_KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+          list: "a list", dict: "a mapping", type(None): "null"}
+
+
+def _given(value: Any) -> str:
+    """`true (a boolean)`: what the file gave, as YAML would spell it, cut short."""
+    kind = _KINDS.get(type(value), type(value).__name__)
+    if isinstance(value, bool):
+        return f"{'true' if value else 'false'} ({kind})"
+    if value is None:
+        return "null"
+    return f"{excerpt(value)} ({kind})"
+
+
 def _schema_problem(err: dict, data: Any) -> Problem:
     loc = tuple(err["loc"])
     path, value = _data_path(loc, data)
     kind = err["type"]
+    is_key = bool(loc) and loc[-1] == "[key]"
+    if is_key:
+        value = loc[-2]
     if kind == "extra_forbidden":
         key = str(loc[-1])
         parent = loc[:-1]
@@ -350,7 +553,7 @@ def _schema_problem(err: dict, data: Any) -> Problem:
         hint = f"did you mean '{close[0]}'?" if close else ""
         if valid:
             hint = (hint + " " if hint else "") + "valid keys here: " + ", ".join(valid)
-        return Problem(path, f"unknown key '{key}'", hint)
+        return Problem(path, f"unknown key {excerpt(key)}", hint)
     if kind == "missing":
         return Problem(path, "required field is missing", f"add '{loc[-1]}'")
     if kind == "literal_error":
@@ -360,10 +563,24 @@ def _schema_problem(err: dict, data: Any) -> Problem:
             options = re.findall(r"'([^']*)'", expected)
             m = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
             close = f"did you mean '{m[0]}'? " if m else ""
-        return Problem(path, f"{value!r} is not allowed", f"{close}use one of {expected}")
-    if kind == "string_pattern_mismatch":
+        return Problem(path, f"{excerpt(value)} is not allowed", f"{close}use one of {expected}")
+    if kind in ("string_pattern_mismatch", "string_too_long"):
         pattern = err.get("ctx", {}).get("pattern", "")
-        return Problem(path, f"{value!r} has characters that are not allowed",
-                       f"use only {pattern.strip('^$')}")
+        what = "the name" if is_key else "the value"
+        if pattern == ENV_RE:
+            hint = "an environment variable name: a letter or _, then letters, digits, _"
+        elif pattern == FLAG_RE:
+            hint = ("a flag name only (e.g. max-model-len); give its value as the mapping's "
+                    "value, never as 'flag=value'")
+        elif pattern == NAME_RE:
+            hint = "letters, digits, _, . and - (first a letter or digit), at most 63 characters"
+        else:
+            hint = f"use only {pattern.strip('^$')}" if pattern else "use a shorter value"
+        return Problem(path, f"{what} {excerpt(value)} has characters or a length that are not "
+                       "allowed", hint)
     msg = err["msg"]
-    return Problem(path, f"{msg} (got {value!r})" if value is not None else msg)
+    if kind == "value_error":
+        return Problem(path, msg.removeprefix("Value error, "))
+    if kind.endswith("_type") or kind in ("finite_number", "int_from_float"):
+        return Problem(path, f"{msg} (got {_given(value)})")
+    return Problem(path, f"{msg} (got {_given(value)})" if value is not None else msg)

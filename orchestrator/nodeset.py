@@ -14,6 +14,10 @@ _NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")
 _RANGED = re.compile(r"^([^\[\]*?]*)\[(\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)\]([^\[\]*?]*)$")
 
 
+MAX_EXPANDED = 65_536  # names one folded term may expand to (checked before expanding)
+MAX_SELECTOR = 65_536  # characters in one --nodes value
+
+
 class SelectorError(ValueError):
     """A selector term that names nothing; the message lists what exists."""
 
@@ -23,6 +27,8 @@ def select_nodes(inv: Inventory, selector: str | None) -> list[str]:
     names = list(inv.nodes)
     if not selector or not selector.strip():
         return names
+    if len(selector) > MAX_SELECTOR:
+        raise SelectorError(f"the selector is {len(selector)} characters; the limit is {MAX_SELECTOR}")
     chosen: set[str] = set()
     for term in _terms(selector):
         chosen |= _match(inv, term)
@@ -74,16 +80,31 @@ def _match(inv: Inventory, term: str) -> set[str]:
 
 
 def expand(term: str) -> list[str] | None:
-    """`d[0-2,07]` -> d0 d1 d2 d07 (padding from each bound); None if not a folded set."""
+    """`d[0-2,07]` -> d0 d1 d2 d07 (padding from each bound); None if not a folded set.
+
+    SelectorError for a reversed range (`d[3-1]`) or one that would expand to more than
+    MAX_EXPANDED names: the size is known before a single name is made."""
     m = _RANGED.match(term)
     if not m:
         return None
     prefix, ranges, suffix = m.groups()
-    out = []
+    bounds = []
+    total = 0
     for part in ranges.split(","):
         lo, _, hi = part.partition("-")
+        if len(lo) > 9 or len(hi) > 9:
+            raise SelectorError(f"range {part} in '{term}' is too large (at most {MAX_EXPANDED} names)")
+        a, b = int(lo), int(hi or lo)
+        if b < a:
+            raise SelectorError(f"range {part} in '{term}' is reversed (did you mean {b}-{a}?)")
+        total += b - a + 1
+        if total > MAX_EXPANDED:
+            raise SelectorError(f"'{term}' would expand to more than {MAX_EXPANDED} names")
+        bounds.append((lo, a, b))
+    out = []
+    for lo, a, b in bounds:
         width = len(lo) if lo.startswith("0") and len(lo) > 1 else 0
-        out += [f"{prefix}{str(i).zfill(width)}{suffix}" for i in range(int(lo), int(hi or lo) + 1)]
+        out += [f"{prefix}{str(i).zfill(width)}{suffix}" for i in range(a, b + 1)]
     return out
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .errors import InventoryError, Problem
+from .errors import InventoryError, Problem, excerpt
 from .inventory import Group, Inventory, load_inventory
 from .nodepaths import container_name, rank_table_path, remote_dir  # noqa: F401 (re-exported)
 
@@ -101,6 +101,7 @@ class StepKind(str, Enum):
     LAUNCH = "launch"
     READINESS = "readiness"
     PROXY = "proxy"
+    WARMUP = "warmup"
     SMOKE = "smoke"
 
 
@@ -151,6 +152,8 @@ class Step:
             return ("headless" if g.launch_mode not in ("external", "env") else "other nodes") + wave
         if k is StepKind.READINESS:
             return "every serving rank answers /health with 200"
+        if k is StepKind.WARMUP:
+            return f"{inv.readiness.warmup} prefill request(s) through each prefill rank"
         if k is StepKind.PROXY:
             assert plan.proxy is not None
             return f"{plan.proxy.host}:{plan.proxy.port}"
@@ -344,12 +347,14 @@ def deep_merge(base: dict, extra: dict) -> dict:
     return out
 
 
+SIZE_FLAGS = ("pipeline-parallel-size", "prefill-context-parallel-size")
+MAX_SIZE_FLAG = 1024
+
+
 def int_arg(args: dict[str, Any], name: str) -> int:
+    """A size flag's value; `check_args` has refused anything but an integer in 1..1024."""
     value = args.get(name, 1)
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return 1
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1
 
 
 # ------------------------------------------------------------------------------ planning
@@ -375,7 +380,9 @@ class _Planner:
         self.warnings: list[Problem] = []
 
     def error(self, path: tuple, message: str, hint: str = "") -> None:
-        self.problems.append(Problem(path, message, hint))
+        problem = Problem(path, message, hint)
+        if problem not in self.problems:  # a shared layer (top-level args) is checked per group
+            self.problems.append(problem)
 
     def warn(self, path: tuple, message: str, hint: str = "") -> None:
         self.warnings.append(Problem(path, message, hint, warning=True))
@@ -510,10 +517,7 @@ class _Planner:
                     self.error(layer_path + (key,), f"--{name} is set by the planner ({PLANNER_FLAGS[name]})",
                                f"remove '{key}' from args")
         self.check_env_launch(gi, g)
-        for key in PER_RANK_ENV + (ENV_DP_VARS if g.launch_mode == "env" else ()):
-            if key in env:
-                self.warn(("groups", gi, "env"), f"{key} is set per rank by the planner; the inventory value is ignored",
-                          f"remove {key} from env")
+
         def where(flag: str) -> tuple:
             """The layer that set the effective value, so the warning points at the right line."""
             found: tuple = ("groups", gi, "args")
@@ -523,6 +527,15 @@ class _Planner:
                         found = path + (key,)
             return found
 
+        for flag in SIZE_FLAGS:  # they size every rank's world: anything but 1..1024 is a mistake
+            value = args.get(flag, 1)
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SIZE_FLAG:
+                self.error(where(flag), f"--{flag} must be an integer from 1 to {MAX_SIZE_FLAG} "
+                           f"(got {excerpt(value)})", f"set {flag}: 2, or remove it (default 1)")
+        for key in PER_RANK_ENV + (ENV_DP_VARS if g.launch_mode == "env" else ()):
+            if key in env:
+                self.warn(("groups", gi, "env"), f"{key} is set per rank by the planner; the inventory value is ignored",
+                          f"remove {key} from env")
         if g.role == "decode" and args.get("enforce-eager"):
             self.warn(where("enforce-eager"), "enforce-eager on a decode group (graph mode is ~6x faster for decode)",
                       "remove enforce-eager for decode")
@@ -789,6 +802,11 @@ class _Planner:
         steps.append(Step(StepKind.READINESS, http))
         if proxy is not None:
             steps.append(Step(StepKind.PROXY, (proxy.node,)))
+        if inv.readiness.warmup:
+            pre = tuple(n for n in used if any(r.node == n and r.role == "prefill" and r.port is not None
+                                               for r in ranks))
+            if pre:
+                steps.append(Step(StepKind.WARMUP, pre))
         if inv.readiness.smoke:
             if proxy is not None:
                 steps.append(Step(StepKind.SMOKE, (proxy.node,), via="proxy"))

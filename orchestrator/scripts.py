@@ -41,7 +41,12 @@ _REF = re.compile(r"\$(?:\{([A-Za-z_][A-Za-z0-9_]*)\}|([A-Za-z_][A-Za-z0-9_]*))"
 
 
 class ScriptError(ValueError):
-    """A value the renderer refuses: it cannot be passed through sh exactly as given."""
+    """A value the renderer refuses: it cannot be passed through sh exactly as given. Validation
+    stops such values at the inventory; reaching this is a programming error (the backstop)."""
+
+
+Unquotable = ScriptError  # the hardening tests' name for the same backstop
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _word(value: str, what: str) -> str:
@@ -77,8 +82,8 @@ def shell_value(value: str, what: str = "a value") -> str:
 
 
 def _comment(text: str) -> str:
-    if any(c in text for c in "\n\r\0"):
-        raise ScriptError(f"cannot put {text!r} in a one-line comment")
+    if _CONTROL.search(text):
+        raise ScriptError(f"cannot put {text!r:.60} in a one-line comment")
     return text
 
 

@@ -2,14 +2,22 @@
 
 One connection per node per CLI run, opened at most `ssh.parallel` at a time and reused for every
 command (channels multiplexed), because the handshake is the expensive part and sshd's
-MaxStartups punishes bursts. Every per-node result is an `Outcome` value: one node's failure
-never aborts the others and no exception escapes for a node-level problem.
+MaxStartups punishes bursts. Every per-node result is an `Outcome` value with a `Cause`: one
+node's failure never aborts the others. Only network and SSH errors become values; anything else
+is a bug and propagates as one.
+
+Bounded: each command's output keeps a head and a tail in memory and streams whole to the node
+log (chunks, not lines, so one long line is linear); a run's logs share one size cap. Every
+command carries `DEPLOY_RUN=<token>` in its node-side environment, so an interrupted run can find
+and kill exactly what it started, through a second channel (OpenSSH refuses signal requests for
+root and closing a channel without a pty leaves the process running).
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import contextlib
+import enum
 import errno
 import fcntl
 import getpass
@@ -21,13 +29,16 @@ import re
 import resource
 import secrets
 import shlex
+import signal
 import socket
+import sys
 import time
 from collections import defaultdict
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence
+from typing import Callable, Iterable, Literal, Sequence, TypeVar
 
 import asyncssh
 from asyncssh.config import SSHClientConfig
@@ -36,23 +47,47 @@ from asyncssh.kex import get_kex_algs
 from asyncssh.mac import get_mac_algs
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from .inventory import Inventory
+from .inventory import Inventory, parse_jump
+from .runlog import inside
 
 Status = Literal["ok", "failed", "unreachable"]
+T = TypeVar("T")
+
+
+class Cause(str, enum.Enum):
+    """Why a command on a node ended as it did (what callers branch on, never the reason text)."""
+    OK = "ok"                        # exit 0
+    FAILED = "failed"                # ran and exited non-zero (or was killed by a signal)
+    COULD_NOT_RUN = "could_not_run"  # no channel, sudo refused: the command never started
+    TIMED_OUT = "timed_out"          # the --timeout / step limit ended it
+    UNREACHABLE = "unreachable"      # no SSH connection, or it was lost
+    INTERRUPTED = "interrupted"      # Ctrl-C / SIGTERM of this CLI run stopped it
+
+
+_STATUS = {Cause.OK: "ok", Cause.UNREACHABLE: "unreachable"}
 
 
 @dataclass
 class Outcome:
     node: str
-    status: Status
+    cause: Cause
     rc: int | None = None
     stdout: str = ""
     stderr: str = ""
     reason: str = ""
+    omitted: int = 0  # output bytes kept only in the node log (between the head and the tail)
+
+    def __post_init__(self) -> None:
+        self.cause = Cause(self.cause)  # "ok" / "failed" / "unreachable" still construct
+
+    @property
+    def status(self) -> Status:
+        """The three-way view older callers use: ok, unreachable, or failed (everything else)."""
+        return _STATUS.get(self.cause, "failed")  # type: ignore[return-value]
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.cause is Cause.OK
 
 
 # Only algorithms from OpenSSH's default client lists, cheapest first. Measured client CPU
@@ -75,6 +110,20 @@ CHANNELS_PER_NODE = 8                                  # under sshd's default Ma
 HANDSHAKES_PER_HOST = 8                                # under sshd's default MaxStartups 10
 KEEPALIVE = 30                                         # s; notices a node dying mid-command
 TAIL_LINES = 5
+CAPTURE_HEAD = 512 * 1024   # bytes of each stream kept in memory from the start …
+CAPTURE_TAIL = 256 * 1024   # … and from the end; the rest is only in the node log
+RUN_LOG_MAX = 256 * 1024 * 1024  # bytes of command output all node logs of one run may hold
+KILL_TIMEOUT = 15.0         # s for the node-side kill of an interrupted run
+RUN_VAR = "DEPLOY_RUN"      # node-side environment marker of every command this run started
+# Only these become per-node values; anything else raised in the transport is a bug.
+NETWORK_ERRORS = (OSError, asyncssh.Error, TimeoutError, asyncio.TimeoutError)
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return max(0, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
 
 
 def _supported(wanted: Sequence[str], available: Iterable[bytes]) -> list[str]:
@@ -110,7 +159,7 @@ class HostKeys:
     def __init__(self, path: str, mode: str, ssh_configs: Sequence[Path]):
         self.path = Path(path).expanduser().absolute()
         self.mode = mode
-        text = self.path.read_text() if self.path.is_file() else ""
+        text = (self.path.read_text(errors="replace") if self.path.is_file() else "")
         self.known = asyncssh.import_known_hosts(text)
         self.hashed = _hash_known_hosts(ssh_configs)
 
@@ -188,7 +237,9 @@ def _transient(exc: BaseException) -> bool:
     """Connection-level failures worth another attempt; never auth, host keys or DNS."""
     if isinstance(exc, (socket.gaierror, _Failed)):
         return False
-    if isinstance(exc, (ConnectionError, TimeoutError, asyncssh.ConnectionLost)):
+    if isinstance(exc, TimeoutError):  # a silent node stays silent: one connect_timeout, no more
+        return False
+    if isinstance(exc, (ConnectionError, asyncssh.ConnectionLost)):
         return True
     if isinstance(exc, asyncssh.ChannelOpenError):  # via a jump host: target refused / no route
         return exc.code == asyncssh.OPEN_CONNECT_FAILED
@@ -234,74 +285,155 @@ def raise_nofile(needed: int) -> None:
 # ---------------------------------------------------------------- per-node log
 
 
+class _Capture:
+    """One stream of one command in memory: the first `head` and last `tail` bytes, a count."""
+
+    def __init__(self, head: int, tail: int):
+        self.head_max, self.tail_max = head, tail
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.head_max - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk and self.tail_max:
+            self.tail += chunk
+            if len(self.tail) > 2 * self.tail_max:  # trim in batches: amortised linear
+                del self.tail[:len(self.tail) - self.tail_max]
+
+    @property
+    def omitted(self) -> int:
+        return max(0, self.total - len(self.head) - min(len(self.tail), self.tail_max))
+
+    def text(self, log: str = "the node log") -> str:
+        tail = bytes(self.tail[-self.tail_max:]) if self.tail_max else b""
+        if not self.omitted:
+            return _text(self.head + tail)
+        return (_text(self.head) + f"\n[... {self.omitted} bytes omitted; all of it is in {log} "
+                f"...]\n" + _text(tail))
+
+
+class _LogBudget:
+    """The byte cap shared by every node log of one run."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+
 class _NodeLog:
-    """`<log_dir>/<node>.log`: each command, its output lines as they arrive, its end."""
+    """`<log_dir>/<node>.log`: each command, its output chunks as they arrive, its end.
 
-    def __init__(self, path: Path | None):
-        self._f = open(path, "a", encoding="utf-8") if path else None
+    A record is one header line (`<UTC time> #<command> <tag> …`) and, for output, the chunk's
+    bytes exactly (`out| N bytes`, then N bytes, then a newline if they did not end with one). A write error (disk full,
+    read-only) stops this log and is kept in `error`; it never fails the command.
+    """
+
+    def __init__(self, path: Path | None, budget: _LogBudget):
+        self.path = path
+        self.budget = budget
+        self.error: str | None = None
         self._n = 0
-        self._partial: dict[tuple[int, str], str] = {}
+        self._capped = False
+        self._f = None
+        if path is not None:
+            try:
+                self._f = open(path, "ab")
+            except OSError as e:
+                self.error = f"{path}: {e.strerror or e}"
 
-    def _write(self, cid: int, tag: str, text: str) -> None:
+    def _put(self, data: bytes) -> None:
+        if self._f is None:
+            return
+        try:
+            self._f.write(data)
+            self._f.flush()  # one write per chunk: the log is readable while the command runs
+        except OSError as e:
+            self.error = f"{self.path}: {e.strerror or e}"
+            with contextlib.suppress(OSError):
+                self._f.close()
+            self._f = None
+
+    @staticmethod
+    def _head(cid: int, tag: str, text: str) -> bytes:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        prefix = f"{stamp} #{cid} {tag} "
-        self._f.write("".join(f"{prefix}{line}\n" for line in text.split("\n")))
-        self._f.flush()  # one write per chunk: the log is readable while the command runs
+        return f"{stamp} #{cid} {tag} {text}\n".encode("utf-8", "replace")
 
     def begin(self, command: str, stdin: str | None) -> int:
         self._n += 1
         if self._f:
-            self._write(self._n, "$", command)
+            self._put(self._head(self._n, "$", command))
             if stdin:
-                self._write(self._n, "in|", stdin.rstrip("\n"))
+                data = stdin.encode("utf-8", "replace")
+                self._put(self._head(self._n, "in|", f"{len(data)} bytes") + data + b"\n")
         return self._n
 
     def feed(self, cid: int, tag: str, chunk: bytes) -> None:
-        if not self._f:
+        if not self._f or self._capped:
             return
-        text = self._partial.pop((cid, tag), "") + chunk.decode("utf-8", "replace")
-        head, sep, rest = text.rpartition("\n")
-        if sep:
-            self._write(cid, tag, head)
-        if rest:
-            self._partial[(cid, tag)] = rest
+        if not self.budget.take(len(chunk)):
+            self._capped = True
+            self._put(self._head(cid, "!!", f"the run's log cap of {self.budget.limit} bytes is "
+                                             "reached; further output is not logged"))
+            return
+        end = b"" if chunk.endswith(b"\n") else b"\n"
+        self._put(self._head(cid, tag, f"{len(chunk)} bytes") + chunk + end)
 
     def end(self, cid: int, o: Outcome, seconds: float) -> None:
-        if not self._f:
-            return
-        for tag in ("out|", "err|"):
-            if (cid, tag) in self._partial:
-                self._write(cid, tag, self._partial.pop((cid, tag)))
-        self._write(cid, o.status, f"rc={o.rc} {seconds:.2f}s {o.reason}".rstrip())
+        if self._f:
+            self._put(self._head(cid, o.cause.value,
+                                 f"rc={o.rc} {seconds:.2f}s {o.reason}".rstrip()))
 
     def close(self) -> None:
         if self._f:
-            self._f.close()
+            with contextlib.suppress(OSError):
+                self._f.close()
+            self._f = None
 
 
 # ---------------------------------------------------------------- the cluster
 
 
-def _split_hop(spec: str) -> tuple[str | None, str, int | None]:
-    """'user@host:port' (host may be '[v6]') -> (user, host, port)."""
-    user, _, hostport = spec.rpartition("@")
-    m = re.fullmatch(r"\[([^\]]+)\](?::(\d+))?|([^:]+)(?::(\d+))?", hostport)
-    if not m:
-        raise ValueError(f"cannot parse jump host {spec!r} (expected user@host:port)")
-    host = m.group(1) or m.group(3)
-    port = m.group(2) or m.group(4)
-    return user or None, host, int(port) if port else None
+KILL_SCRIPT = r"""
+scan() { grep -lsxzF "$@" /proc/[0-9]*/environ 2>/dev/null | sed 's,^/proc/,,;s,/environ$,,'; }
+pids=$(scan "$@")
+[ -n "$pids" ] && kill -TERM $pids 2>/dev/null
+n=0
+while [ $n -lt 20 ] && [ -n "$(scan "$@")" ]; do sleep 0.25; n=$((n + 1)); done
+left=$(scan "$@")
+[ -n "$left" ] && kill -KILL $left 2>/dev/null && sleep 0.25
+echo "killed:" $pids
+echo "left:" $(scan "$@")
+"""
 
 
 class Cluster:
     """The SSH side of one CLI run over an inventory's nodes (async context manager).
 
     Connections open lazily on first use (or all at once with `connect()`), each once; every
-    later command on that node is a new channel on the same connection.
+    later command on that node is a new channel on the same connection. `each()` runs one
+    coroutine per node and is what commands use: a node connects and starts as soon as it can,
+    so one silent node never holds back the others.
+
+    With `handle_signals`, the first Ctrl-C / SIGTERM interrupts the run (node tasks cancelled,
+    every remote command this run started killed on its node, `interrupted` set to the signal);
+    a second Ctrl-C exits at once.
     """
 
     def __init__(self, inv: Inventory, nodes: list[str] | None = None,
-                 log_dir: Path | None = None):
+                 log_dir: Path | None = None, *, capture_head: int | None = None,
+                 capture_tail: int | None = None, log_max: int | None = None,
+                 handle_signals: bool = False):
         self.inv = inv
         self.nodes = list(nodes) if nodes is not None else list(inv.nodes)
         unknown = [n for n in self.nodes if n not in inv.nodes]
@@ -309,6 +441,19 @@ class Cluster:
             raise ValueError(f"not in the inventory: {', '.join(unknown)}")
         self.log_dir = Path(log_dir) if log_dir else None
         self.unreachable: dict[str, Outcome] = {}
+        self.interrupted: int | None = None  # the signal number once interrupted
+        self.killed: dict[str, Outcome] = {}  # node -> the node-side kill's outcome
+        self.capture = (_env_int("DEPLOY_CAPTURE_HEAD", CAPTURE_HEAD) if capture_head is None
+                        else capture_head,
+                        _env_int("DEPLOY_CAPTURE_TAIL", CAPTURE_TAIL) if capture_tail is None
+                        else capture_tail)
+        self._budget = _LogBudget(_env_int("DEPLOY_RUN_LOG_MAX", RUN_LOG_MAX) if log_max is None
+                                  else log_max)
+        self._handle_signals = handle_signals
+        self._signals: list[int] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._running: dict[str, set[str]] = defaultdict(set)   # node -> tokens still running
+        self._started: dict[str, set[str]] = defaultdict(set)   # node -> every token started
         home_config = Path.home() / ".ssh" / "config"
         self._config_paths = [str(home_config)] if os.access(home_config, os.R_OK) else []
         self._keys = HostKeys(inv.ssh.known_hosts, inv.ssh.host_keys,
@@ -326,13 +471,79 @@ class Cluster:
         self._local_user: str | None = None
         raise_nofile(2 * len(self.nodes) + 64)
 
+    @property
+    def log_errors(self) -> dict[str, str]:
+        """node -> why its log could not be written (disk full, read-only …)."""
+        return {n: log.error for n, log in self._logs.items() if log.error}
+
     async def __aenter__(self) -> "Cluster":
         if self.log_dir:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                self.log_dir.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # each node log then records the error; the run goes on without logs
+        if self._handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(ValueError, RuntimeError, NotImplementedError):
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                    self._signals.append(sig)
         return self
 
     async def __aexit__(self, *exc) -> None:
-        await self.close()
+        try:
+            if self.interrupted:
+                await self.stop_remote()
+        finally:
+            loop = asyncio.get_running_loop()
+            for sig in self._signals:
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+            self._signals.clear()
+            await self.close()
+
+    def _on_signal(self, sig: int) -> None:
+        if self.interrupted:  # the second one: the user means it
+            if sig == signal.SIGINT:
+                sys.stderr.write("\ninterrupted again: exiting now; remote commands may remain\n")
+                sys.stderr.flush()
+                os._exit(128 + sig)
+            return
+        sys.stderr.write(f"\n{signal.Signals(sig).name}: stopping the commands started on the "
+                         "nodes (Ctrl-C again to exit at once)\n")
+        sys.stderr.flush()
+        self.interrupt(sig)
+
+    def interrupt(self, sig: int = signal.SIGINT) -> None:
+        """Stop the run: cancel every node task; `each()` then kills what was started."""
+        self.interrupted = int(sig)
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._conns.values()):
+            if not task.done():
+                task.cancel()
+
+    async def stop_remote(self) -> dict[str, Outcome]:
+        """Kill, on each node, every command of this run that did not finish (found by its
+        DEPLOY_RUN token in /proc, through a new channel); wait until they are gone."""
+        targets = {n: sorted(t) for n, t in self._running.items() if t and n not in self.killed}
+
+        async def one(node: str) -> Outcome:
+            conn = self._conns.get(node)
+            if conn is None or not conn.done() or conn.cancelled() or isinstance(conn.result(), Outcome):
+                return Outcome(node, Cause.UNREACHABLE, reason="no connection to kill through")
+            args = [a for t in targets[node] for a in ("-e", f"{RUN_VAR}={t}")]
+            argv = ["sh", "-c", KILL_SCRIPT, "deploy-kill", *args]
+            if self.inv.ssh.sudo:
+                argv = ["sudo", "-n", *argv]
+            o = await self._exec(node, shlex.join(argv), None, KILL_TIMEOUT, None, kill=True)
+            if o.ok:
+                self._running[node].clear()
+            return o
+
+        results = await asyncio.gather(*(one(n) for n in targets))
+        self.killed.update(zip(targets, results))
+        return dict(zip(targets, results))
 
     async def close(self) -> None:
         opened = []
@@ -343,14 +554,55 @@ class Cluster:
                 opened.append(task.result())
         for conn in opened:
             conn.close()
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*NETWORK_ERRORS):
             await asyncio.wait_for(asyncio.gather(*(c.wait_closed() for c in opened),
                                                   return_exceptions=True), 5)
         for log in self._logs.values():
             log.close()
         self._conns.clear()
         self._jumps.clear()
-        self._logs.clear()
+
+    # ------------------------------------------------------------ many nodes at once
+
+    async def each(self, nodes: Iterable[str], fn: Callable[[str], Awaitable[T]], *,
+                   on_done: Callable[[str, T], None] | None = None) -> dict[str, T]:
+        """`fn(node)` on every node concurrently -> {node: result} for the nodes that finished.
+
+        Node-level problems are values inside `fn`'s result (Outcome); an exception from `fn`
+        is a bug and is raised once the others have finished. After an interruption, the nodes
+        that did not finish are missing from the result and their remote commands are killed.
+        """
+        names = list(nodes)
+        if self.interrupted:
+            return {}
+
+        async def one(name: str) -> T:
+            result = await fn(name)
+            if on_done:
+                on_done(name, result)
+            return result
+
+        tasks = {n: asyncio.ensure_future(one(n)) for n in names}
+        self._tasks.update(tasks.values())
+        try:
+            if tasks:
+                await asyncio.wait(tasks.values())
+        finally:
+            self._tasks.difference_update(tasks.values())
+        if self.interrupted:
+            await self.stop_remote()
+        out: dict[str, T] = {}
+        error: BaseException | None = None
+        for n, t in tasks.items():
+            if t.cancelled():
+                continue
+            if t.exception() is not None:
+                error = error or t.exception()
+                continue
+            out[n] = t.result()
+        if error is not None:
+            raise error
+        return out
 
     # ------------------------------------------------------------ connecting
 
@@ -359,12 +611,12 @@ class Cluster:
         """Open every node now (for a progress count and an early list of the unreachable)."""
         async def one(name: str) -> Outcome:
             conn = await self._connection(name)
-            o = conn if isinstance(conn, Outcome) else Outcome(name, "ok", reason="connected")
+            o = conn if isinstance(conn, Outcome) else Outcome(name, Cause.OK, reason="connected")
             if on_node:
                 on_node(o)
             return o
 
-        return dict(zip(self.nodes, await asyncio.gather(*(one(n) for n in self.nodes))))
+        return await self.each(self.nodes, one)
 
     async def _connection(self, name: str) -> asyncssh.SSHClientConnection | Outcome:
         if name not in self._conns:
@@ -398,11 +650,11 @@ class Cluster:
                 node.identity_file or ssh.identity_file, tunnel)
         except _Failed as f:
             return self._unreachable(name, f.reason)
-        except Exception as e:  # a node-level problem of any kind stays a value
+        except NETWORK_ERRORS as e:  # only the network: a bug is not "unreachable"
             return self._unreachable(name, _reason(e))
 
     def _unreachable(self, name: str, reason: str) -> Outcome:
-        o = Outcome(name, "unreachable", reason=reason)
+        o = Outcome(name, Cause.UNREACHABLE, reason=reason)
         self.unreachable[name] = o
         return o
 
@@ -415,8 +667,11 @@ class Cluster:
         async def open_chain() -> asyncssh.SSHClientConnection | str:
             conn = None
             try:
-                for hop in spec.split(","):
-                    user, host, port = _split_hop(hop.strip())
+                hops = parse_jump(spec)  # ssh.jump is checked at load; ProxyJump is not
+            except ValueError as e:
+                return str(e)
+            try:
+                for user, host, port in hops:
                     cfg = self._config(host)
                     conn = await self._dial(host, port or cfg.get("Port") or 22,
                                             user or cfg.get("User") or "root",
@@ -424,7 +679,7 @@ class Cluster:
                 return conn
             except _Failed as f:
                 return f.reason
-            except Exception as e:
+            except NETWORK_ERRORS as e:
                 return _reason(e)
 
         if spec not in self._jumps:
@@ -465,29 +720,38 @@ class Cluster:
                             if client.refusal:
                                 raise client.refusal from None
                             raise
-        except Exception as e:
+        except _Failed:
+            raise
+        except NETWORK_ERRORS as e:
             raise _Failed(_reason(e, attempts, self.inv.ssh.connect_timeout)) from None
         raise AssertionError("tenacity returns or raises")
 
     # ------------------------------------------------------------ commands
 
-    def _command(self, argv: Sequence[str], timeout: float | None) -> str:
+    def _command(self, argv: Sequence[str], timeout: float | None) -> tuple[str, str]:
+        """The node-side command line and its run token."""
         argv = [str(a) for a in argv]
         if timeout:  # closing the channel does not stop a remote process (no pty), and OpenSSH
             # refuses signal requests for root logins: the node enforces the limit itself
             argv = ["timeout", "-k", "5", f"{timeout:g}", *argv]
-        return shlex.join(["sudo", "-n", *argv] if self.inv.ssh.sudo else argv)
+        token = secrets.token_hex(8)
+        argv = ["env", f"{RUN_VAR}={token}", *argv]
+        return shlex.join(["sudo", "-n", *argv] if self.inv.ssh.sudo else argv), token
 
     async def run(self, node: str, argv: list[str], *, timeout: float | None = None,
-                  input: str | None = None) -> Outcome:
+                  input: str | None = None, capture: tuple[int, int] | None = None) -> Outcome:
+        """`capture`: (head, tail) bytes kept per stream, for callers that parse all of a
+        command's output (default: the cluster's)."""
         stdin = None if input is None else f"({len(input)} bytes on stdin)"
-        return await self._exec(node, self._command(argv, timeout), input, timeout, stdin)
+        command, token = self._command(argv, timeout)
+        return await self._exec(node, command, input, timeout, stdin, token=token, capture=capture)
 
-    async def run_script(self, node: str, script: str, *, timeout: float | None = None
-                         ) -> Outcome:
+    async def run_script(self, node: str, script: str, *, timeout: float | None = None,
+                         capture: tuple[int, int] | None = None) -> Outcome:
         """A POSIX sh script on stdin: many node-side steps for one channel and one round trip."""
-        return await self._exec(node, self._command(["sh", "-s"], timeout), script, timeout,
-                                script)
+        command, token = self._command(["sh", "-s"], timeout)
+        return await self._exec(node, command, script, timeout, script, token=token,
+                                capture=capture)
 
     async def run_all(self, argv_or_fn: list[str] | Callable[[str], list[str]],
                       nodes: list[str] | None = None, timeout: float | None = None, *,
@@ -496,12 +760,14 @@ class Cluster:
 
         async def one(name: str) -> Outcome:
             argv = argv_or_fn(name) if callable(argv_or_fn) else argv_or_fn
-            o = await self.run(name, argv, timeout=timeout)
-            if on_done:
-                on_done(o)
-            return o
+            return await self.run(name, argv, timeout=timeout)
 
-        return dict(zip(names, await asyncio.gather(*(one(n) for n in names))))
+        done = None if on_done is None else (lambda _n, o: on_done(o))
+        results = await self.each(names, one, on_done=done)
+        return {n: results.get(n) or self._interrupted(n) for n in names}
+
+    def _interrupted(self, node: str) -> Outcome:
+        return Outcome(node, Cause.INTERRUPTED, reason="interrupted before it finished")
 
     async def put(self, node: str, data: bytes | str, remote_path: str, mode: int = 0o644, *,
                   timeout: float | None = None) -> Outcome:
@@ -516,16 +782,21 @@ class Cluster:
         script = ('set -e; mkdir -p -- "$1"; trap \'rm -f -- "$2"\' EXIT; cat > "$2"; '
                   'chmod "$4" "$2"; mv -f -- "$2" "$3"')
         argv = ["sh", "-c", script, "put", directory, tmp, remote_path, format(mode, "o")]
-        return await self._exec(node, self._command(argv, timeout), data, timeout,
-                                f"({len(data)} bytes to {remote_path})")
+        command, token = self._command(argv, timeout)
+        return await self._exec(node, command, data, timeout,
+                                f"({len(data)} bytes to {remote_path})", token=token)
 
     def _log(self, node: str) -> _NodeLog:
         if node not in self._logs:
-            self._logs[node] = _NodeLog(self.log_dir / f"{node}.log" if self.log_dir else None)
+            path = inside(self.log_dir, node, ".log") if self.log_dir else None
+            self._logs[node] = _NodeLog(path, self._budget)
         return self._logs[node]
 
     async def _exec(self, node: str, command: str, data: bytes | str | None,
-                    timeout: float | None, stdin_note: str | None) -> Outcome:
+                    timeout: float | None, stdin_note: str | None, *, token: str | None = None,
+                    kill: bool = False, capture: tuple[int, int] | None = None) -> Outcome:
+        if self.interrupted and not kill:
+            return self._interrupted(node)
         conn = await self._connection(node)
         if isinstance(conn, Outcome):
             return conn
@@ -533,34 +804,49 @@ class Cluster:
         async with self._channels[node]:
             started = time.monotonic()
             cid = log.begin(command, stdin_note)
-            out, err = bytearray(), bytearray()
+            out = _Capture(*(capture or self.capture))
+            err = _Capture(*(capture or self.capture))
             proc = None
             try:
+                if token:
+                    self._running[node].add(token)
+                    self._started[node].add(token)
                 proc = await conn.create_process(command, encoding=None, request_pty=False)
                 await asyncio.wait_for(self._collect(proc, data, out, err, log, cid), timeout)
-                o = self._finished(node, proc, out, err)
+                o = self._finished(node, proc, out, err, timeout)
+            except asyncio.CancelledError:
+                o = Outcome(node, Cause.INTERRUPTED, None, out.text(), err.text(),
+                            "interrupted before it finished", out.omitted + err.omitted)
+                log.end(cid, o, time.monotonic() - started)
+                if proc is not None:
+                    proc.close()
+                raise  # the token stays in _running: stop_remote() kills it on the node
             except asyncio.TimeoutError:
                 if proc is not None:
                     proc.close()
-                o = Outcome(node, "failed", None, _text(out), _text(err),
-                            f"timed out after {timeout:g}s")
+                o = Outcome(node, Cause.TIMED_OUT, None, out.text(), err.text(),
+                            f"timed out after {timeout:g}s", out.omitted + err.omitted)
             except asyncssh.ChannelOpenError as e:
-                o = Outcome(node, "failed", None, reason=f"cannot open a session: {e.reason}")
+                o = Outcome(node, Cause.COULD_NOT_RUN, None,
+                            reason=f"cannot open a session: {e.reason}")
                 if conn.is_closed():
                     o = self._unreachable(node, "connection lost: the node closed the connection")
             except (OSError, asyncssh.Error) as e:
-                o = Outcome(node, "unreachable", None, _text(out), _text(err),
-                            f"connection lost: {getattr(e, 'reason', '') or e}")
-            if o.status == "unreachable":
+                o = Outcome(node, Cause.UNREACHABLE, None, out.text(), err.text(),
+                            f"connection lost: {getattr(e, 'reason', '') or e}",
+                            out.omitted + err.omitted)
+            if token and o.cause is not Cause.INTERRUPTED:
+                self._running[node].discard(token)
+            if o.cause is Cause.UNREACHABLE:
                 self.unreachable[node] = o
             log.end(cid, o, time.monotonic() - started)
             return o
 
     @staticmethod
-    async def _collect(proc, data, out: bytearray, err: bytearray, log: _NodeLog, cid: int):
-        async def pump(reader, buf: bytearray, tag: str) -> None:
+    async def _collect(proc, data, out: _Capture, err: _Capture, log: _NodeLog, cid: int):
+        async def pump(reader, buf: _Capture, tag: str) -> None:
             while chunk := await reader.read(65536):
-                buf += chunk
+                buf.add(chunk)
                 log.feed(cid, tag, chunk)
 
         if data is not None:
@@ -583,18 +869,30 @@ class Cluster:
         except (asyncssh.Error, OSError) as e:
             raise ConnectionRefusedError(f"connection lost: {getattr(e, 'reason', '') or e}") from None
 
-    def _finished(self, node: str, proc, out: bytearray, err: bytearray) -> Outcome:
-        stdout, stderr = _text(out), _text(err)
+    def _finished(self, node: str, proc, out: _Capture, err: _Capture,
+                  timeout: float | None) -> Outcome:
+        where = (f"{self.log_dir / (node + '.log')}" if self.log_dir
+                 else "no log (the run has no log folder)")
+        stdout, stderr = out.text(where), err.text(where)
+        omitted = out.omitted + err.omitted
         if proc.exit_status is None and proc.exit_signal is None:
-            return Outcome(node, "unreachable", None, stdout, stderr,
-                           "connection lost before the command finished")
+            return Outcome(node, Cause.UNREACHABLE, None, stdout, stderr,
+                           "connection lost before the command finished", omitted)
         if proc.exit_signal is not None:
-            return Outcome(node, "failed", proc.returncode, stdout, stderr,
-                           f"killed by signal {proc.exit_signal[0]}")
+            return Outcome(node, Cause.FAILED, proc.returncode, stdout, stderr,
+                           f"killed by signal {proc.exit_signal[0]}", omitted)
         rc = proc.exit_status
         if rc == 0:
-            return Outcome(node, "ok", 0, stdout, stderr)
-        return Outcome(node, "failed", rc, stdout, stderr, _tail(stderr) or f"exit code {rc}")
+            return Outcome(node, Cause.OK, 0, stdout, stderr, omitted=omitted)
+        if timeout and rc in (124, 137):  # coreutils timeout: TERM (124) or, after -k, KILL
+            return Outcome(node, Cause.TIMED_OUT, rc, stdout, stderr,
+                           f"timed out after {timeout:g}s", omitted)
+        if self.inv.ssh.sudo and rc == 1 and "sudo:" in stderr and (
+                "password" in stderr or "not allowed" in stderr or "not in the sudoers" in stderr):
+            return Outcome(node, Cause.COULD_NOT_RUN, rc, stdout, stderr,
+                           f"sudo refused: {_tail(stderr, 1)}", omitted)
+        return Outcome(node, Cause.FAILED, rc, stdout, stderr, _tail(stderr) or f"exit code {rc}",
+                       omitted)
 
 
 def _text(buf: bytes | bytearray) -> str:

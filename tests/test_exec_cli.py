@@ -63,9 +63,11 @@ def test_json_is_one_object_with_every_node(farm, tmp_path):
     r = deploy_exec(inv, "--json", "--", "sh", "-c", "echo hi; echo warn >&2")
     assert r.exit_code == 4
     doc = json.loads(r.stdout)
-    assert doc["summary"] == {"nodes": 2, "ok": 1, "failed": 0, "unreachable": 1}
-    assert doc["nodes"]["d0"] == {"status": "ok", "rc": 0, "stdout": "hi\n", "stderr": "warn\n",
-                                  "reason": ""}
+    assert doc["summary"] == {"nodes": 2, "ok": 1, "failed": 0, "unreachable": 1,
+                              "interrupted": 0}
+    assert doc["ok"] is False and doc["exit_code"] == 4
+    assert doc["nodes"]["d0"] == {"status": "ok", "cause": "ok", "rc": 0, "stdout": "hi\n",
+                                  "stderr": "warn\n", "reason": "", "omitted_bytes": 0}
     assert doc["nodes"]["d1"]["status"] == "unreachable" and doc["nodes"]["d1"]["rc"] is None
 
 
@@ -76,7 +78,7 @@ def test_run_folder_holds_logs_and_result(farm, tmp_path):
     assert r.exit_code == 0
     runs = list((tmp_path / "state" / "farm" / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.endswith("Z-exec")
-    assert "out| logged" in (runs[0] / "d0.log").read_text()
+    assert "out| 7 bytes\nlogged\n" in (runs[0] / "d0.log").read_text()
     assert json.loads((runs[0] / "result.json").read_text())["nodes"]["d0"]["stdout"] == "logged\n"
 
 

@@ -182,7 +182,7 @@ def test_kv_extra_without_use_is_an_error():
     ({"container__image": "--privileged"}, "container.image"),
     ({"container__image": "img with space"}, "container.image"),
     ({"container__name": "-x"}, "container.name"),
-    ({"container__env": {"A=B": "1"}}, "container.env.A=B"),
+    ({"container__env": {"A=B": "1"}}, "container.env['A=B']"),
     ({"container__env": {"1A": "1"}}, "container.env.1A"),
 ])
 def test_container_values_that_would_become_docker_options_are_refused(edit, path):

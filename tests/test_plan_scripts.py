@@ -155,12 +155,15 @@ def test_node_script_has_container_setup_guard_ranks_and_proxy(tmp_path):
 
 
 @pytest.mark.parametrize("edit, what", [
-    ({"env": {"BAD-NAME": "1"}}, "not a shell identifier"),
-    ({"env": {"X": "a\0b"}}, "NUL"),
-    ({"args": {"x": "a\0b"}}, "NUL"),
+    (lambda r: r.env.__setitem__("BAD-NAME", "1"), "not a shell identifier"),
+    (lambda r: r.env.__setitem__("X", "a\0b"), "NUL"),
+    (lambda r: r.argv.append("a\0b"), "NUL"),
 ])
 def test_the_renderer_refuses_what_it_cannot_quote(tmp_path, edit, what):
-    plan = plan_of(inventory(tmp_path, **edit))
+    """The backstop behind the inventory's validation (which refuses these first): a rank that
+    somehow carries them is never rendered."""
+    plan = plan_of(inventory(tmp_path))
+    edit(plan.ranks[0])
     with pytest.raises(ScriptError, match=what):
         rank_script(plan, plan.ranks[0])
 

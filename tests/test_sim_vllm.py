@@ -273,7 +273,7 @@ def test_every_plan_of_the_shipped_inventories_is_accepted():
         for rank in plan["ranks"]:
             assert rank["argv"][:2] == ["vllm", "serve"]
             args = vllm_args.build_parser().parse_args(vllm_args.normalize(rank["argv"][2:]))
-            vllm_args.resolve(args, {})
+            vllm_args.resolve(args, rank["env"])  # the env-driven DP reads its place from there
             seen += 1
         if plan.get("proxy"):
             argv = plan["proxy"]["argv"]
@@ -804,3 +804,41 @@ def test_engine_death_without_keep_alive_exits_after_the_watchdog(cluster):
     n.set_faults("engine-death")
     assert p.wait(timeout=15) == 1
     assert refused(n.address, 7100)
+
+
+def _llmdd_rank(cluster, node, table_path, **env):
+    kv = {"kv_connector": "LLMDataDistCMgrConnector", "kv_role": "kv_producer", "kv_port": "20001",
+          "engine_id": "0", "kv_connector_extra_config": {"prefill": {"dp_size": 1, "tp_size": 1},
+                                                          "decode": {"dp_size": 1, "tp_size": 1}}}
+    return cluster.vllm(node, "--port", "7100", "--kv-transfer-config", json.dumps(kv),
+                        DISAGGREGATED_PREFILL_RANK_TABLE_PATH=str(table_path), ASCEND_RT_VISIBLE_DEVICES="0", **env)
+
+
+def _table(node, device_ip, server_count="1"):
+    return {"version": "1.2", "server_count": server_count, "status": "completed",
+            "prefill_device_list": [{"server_id": node.address, "device_id": "0", "device_ip": device_ip,
+                                     "cluster_id": "1"}], "decode_device_list": []}
+
+
+def test_llmdatadist_rank_table_is_read_like_the_connector(cluster, tmp_path):
+    """The fake reads the P/D rank table at start-up as the LLMDataDist connector does: a table
+    that lacks this server's device (or has its wrong IP), or whose server_count disagrees, fails
+    with the connector's line; deploy's generated table (tests/test_up_sim large-EP) passes."""
+    n = cluster.node("p0", 1)
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(_table(n, n.devices[0]["ip"])))
+    ok = _llmdd_rank(cluster, n, good)
+    wait_healthy(n.address, 7100)
+    ok.kill_group()
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps(_table(n, "10.99.99.99")))
+    r = _llmdd_rank(cluster, n, wrong)
+    assert r.wait() == 1
+    assert f"Can't read the target server_id {n.address} and device_rank 0 from rank table" in r.text()
+    count = tmp_path / "count.json"
+    count.write_text(json.dumps(_table(n, n.devices[0]["ip"], server_count="2")))
+    r = _llmdd_rank(cluster, n, count)
+    assert r.wait() == 1
+    assert "EI0004: Failed to parse the ranktable file" in r.text() and "server_count" in r.text()
+    r = _llmdd_rank(cluster, n, tmp_path / "absent.json")
+    assert r.wait() == 1 and "No such file or directory" in r.text()

@@ -1,6 +1,7 @@
 """Cluster against real SSH servers (tests/conftest_ssh.py): what the servers saw is the truth."""
 import asyncio
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -11,7 +12,14 @@ import yaml
 
 from conftest_ssh import farm  # noqa: F401
 from orchestrator.inventory import parse_inventory
-from orchestrator.transport import Cluster
+from orchestrator.transport import Cause, Cluster
+
+TOKEN = re.compile(r"env DEPLOY_RUN=[0-9a-f]{16} ")
+
+
+def plain(commands: list[str]) -> list[str]:
+    """What the node ran, without the run token every command carries (tested apart)."""
+    return [TOKEN.sub("", c, count=1) for c in commands]
 
 
 def go(inv, body, **kw):
@@ -157,7 +165,8 @@ def test_timeout_kills_the_command_and_keeps_the_connection(farm):
     assert (slow.status, slow.rc, slow.reason) == ("failed", None, "timed out after 0.5s")
     assert took < 3
     assert after.ok and after.stdout == "still here\n"
-    assert node.commands[0] == "timeout -k 5 0.5 sleep 30.25"  # the node enforces it too
+    assert slow.cause is Cause.TIMED_OUT
+    assert plain(node.commands)[0] == "timeout -k 5 0.5 sleep 30.25"  # the node enforces it too
     deadline = time.monotonic() + 5
     while _running("sleep", "30.25") and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -214,9 +223,9 @@ def test_sudo_prefix_is_what_the_node_runs(farm):
     async def body(c):
         return await c.run("d0", ["echo", "a b"]), await c.run_script("d0", "echo s\n")
 
-    plain, script = go(farm.inventory(sudo=True), body)
-    assert node.commands == ["sudo -n echo 'a b'", "sudo -n sh -s"]
-    assert plain.stdout == "a b\n" and script.stdout == "s\n"
+    echo, script = go(farm.inventory(sudo=True), body)
+    assert plain(node.commands) == ["sudo -n echo 'a b'", "sudo -n sh -s"]
+    assert echo.stdout == "a b\n" and script.stdout == "s\n"
 
 
 def test_logs_stream_each_node_to_its_file(farm, tmp_path):
@@ -224,9 +233,10 @@ def test_logs_stream_each_node_to_its_file(farm, tmp_path):
     logs = tmp_path / "logs"
     go(farm.inventory(), lambda c: c.run("d0", ["sh", "-c", "echo out-line; echo err-line >&2"]),
        log_dir=logs)
-    text = (logs / "d0.log").read_text()
+    text = TOKEN.sub("", (logs / "d0.log").read_text())
     assert "$ sh -c 'echo out-line; echo err-line >&2'" in text
-    assert "out| out-line" in text and "err| err-line" in text and "ok rc=0" in text
+    assert "out| 9 bytes\nout-line\n2" in text and "err| 9 bytes\nerr-line\n2" in text
+    assert "ok rc=0" in text
 
 
 def test_ssh_config_alias_user_port_identity(farm):

@@ -190,3 +190,52 @@ def test_second_up_while_one_runs_is_refused(small):
             assert p.returncode == 1 and "another deploy command" in p.stderr and "deploy up pid" in p.stderr
     finally:
         os.environ.pop("DEPLOY_STATE_DIR", None)
+
+
+def test_demo_runs_every_phase_and_leaves_nothing(tmp_path):
+    """The README's first command: a simulated 2P1D cluster up, serving, torn down, stopped."""
+    root = Path(tempfile.mkdtemp(prefix="demo-", dir="/tmp"))
+    root.chmod(0o755)
+    try:
+        p = deploy("demo", "--dir", str(root / "sim"), "--sshd", MODES[0], timeout=600)
+        assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+        out = p.stdout + p.stderr
+        for phase in ("1. deploy check-network", "2. deploy up", "3. deploy status", "4. a chat completion",
+                      "5. deploy teardown"):
+            assert phase in out
+        assert "/v1/chat/completions -> HTTP 200" in out and "clean:" in out
+        from orchestrator.sim.processes import sim_processes
+
+        assert sim_processes(root / "sim") == []  # the simulator and everything it ran are gone
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_warmup_requests_reach_every_prefill_rank_before_the_smoke(tmp_path):
+    data = yaml.safe_load(SMALL.read_text())
+    data["readiness"] = {"warmup": 2}
+    src = tmp_path / "warm.yaml"
+    src.write_text(yaml.safe_dump(data, sort_keys=False))
+    sim = Sim(src, MODES[-1])
+    try:
+        code, doc = sim.json("up", sim.inventory)
+        assert code == 0 and doc["ok"], json.dumps(doc)[:3000]
+        names = [s["step"] for s in doc["steps"]]
+        assert names.index("warmup") < names.index("smoke")
+        warm = next(s for s in doc["steps"] if s["step"] == "warmup")
+        assert set(warm["nodes"]) == {"p0", "p1"} and warm["ok"]
+        import re
+        import urllib.request
+
+        for node in ("p0", "p1"):  # every prefill rank counted at least the 2 warm-up requests
+            ip = sim.inv["nodes"][node]["host"]
+            for port in (7100, 7101):
+                text = urllib.request.urlopen(f"http://{ip}:{port}/metrics", timeout=10).read().decode()
+                done = sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.M))
+                assert done >= 2, (node, port, done)
+        code, st = sim.json("status", sim.inventory)
+        assert code == 0
+        code, td = sim.json("teardown", sim.inventory)
+        assert code == 0 and td["ok"]
+    finally:
+        sim.down()

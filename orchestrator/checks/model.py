@@ -51,6 +51,8 @@ class NetworkReport:
     summary: list[str] = field(default_factory=list)  # cluster-level lines (TLS split, versions)
     # node -> NodeFacts of the collection step, so `up` builds the rank table without a second pass
     facts: dict = field(default_factory=dict, repr=False)
+    interrupted: int | None = None  # the signal that stopped the check (the report is partial)
+    local_error: str | None = None  # the local state folder failed (logs not written)
 
     @property
     def failed(self) -> list[Check]:
@@ -62,17 +64,21 @@ class NetworkReport:
 
     @property
     def ok(self) -> bool:
-        return not self.failed and not self.unreachable
+        return not self.failed and not self.unreachable and not self.interrupted
 
     @property
     def exit_code(self) -> int:
-        """0 green (warnings allowed), 1 a failed check, 4 a node unreachable (4 wins)."""
-        if self.unreachable:
-            return 4
-        return 1 if self.failed else 0
+        """0 green (warnings allowed), 1 a failed check, 4 a node unreachable (4 wins),
+        130/143 interrupted; the one rule of every command (cliutil.exit_code)."""
+        from ..cliutil import exit_code
+
+        causes = ["unreachable"] * bool(self.unreachable) + [c.status for c in self.failed]
+        return exit_code(causes, interrupted=self.interrupted, local_error=bool(self.local_error))
 
     def verdict(self) -> str:
         n = len(self.nodes)
+        if self.interrupted:
+            return f"network check INTERRUPTED ({len(self.checks)} checks, {len(self.pings)} pings done)"
         if self.ok:
             w = len(self.warnings)
             return f"network OK: {n} nodes, {len(self.pings)} pings" + (f", {w} warnings" if w else "")
@@ -94,6 +100,8 @@ class NetworkReport:
             "unreachable": self.unreachable,
             "summary": self.summary,
             "tls_changes": self.tls_changes,
+            "interrupted": self.interrupted,
+            "state_error": self.local_error,
             "checks": [c.to_json() for c in self.checks],
             "pings": [p.to_json() for p in self.pings],
         }

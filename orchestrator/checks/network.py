@@ -3,7 +3,6 @@ planned pairs, optionally align TLS. `deploy up` calls `check_network` as its fi
 """
 from __future__ import annotations
 
-import asyncio
 import shlex
 from collections import defaultdict
 from collections.abc import Callable
@@ -11,7 +10,7 @@ from dataclasses import dataclass
 
 from ..playbooks import read
 from ..plan import Plan
-from ..transport import Cluster
+from ..transport import Cause, Cluster, Outcome
 from . import parsers as P
 from .facts import NodeFacts, node_facts, parse_sections
 from .model import Check, NetworkReport, Ping
@@ -21,6 +20,9 @@ BUSY_RETRIES = 5
 PING_PARALLEL = 4  # concurrent pings per node (hccn_tool answers busy beyond a few)
 COLLECT_TIMEOUT = 300.0
 PING_TIMEOUT = 600.0
+# Collection and ping output is parsed whole: keep up to 32 MiB of it per node (a 64-node A3
+# decode group pings ~1000 pairs from each node, ~0.4 MB), not the cluster's head and tail.
+PARSED_CAPTURE = (32 << 20, 0)
 
 Progress = Callable[[str], None]
 
@@ -87,12 +89,19 @@ def ping_target(soc: str, src: NodeFacts, dst: NodeFacts, pair: Pair, roce_only:
 
 
 async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], pairs: list[Pair],
-                     roce_only: set[tuple[str, str]]) -> list[Ping]:
+                     roce_only: set[tuple[str, str]], lost: dict[str, str] | None = None) -> list[Ping]:
+    """Pings from each source node in one script. A source node lost meanwhile goes to `lost`
+    (unreachable, exit 4), not into the results as failed pings."""
+    lost = {} if lost is None else lost
     soc = plan.inventory.soc
     jobs: dict[str, list[tuple[Pair, str, str]]] = defaultdict(list)
     results: list[Ping] = []
     for pair in pairs:
         kind, addr = ping_target(soc, facts[pair.src], facts[pair.dst], pair, (pair.src, pair.dst) in roce_only)
+        if addr is not None and not _plain_ip(addr):  # node-reported text goes through `eval`
+            results.append(Ping(pair.src, pair.src_device, pair.dst, pair.dst_device, kind, "", False,
+                                f"{pair.dst} dev {pair.dst_device} reports {addr!r:.40}, not an IPv4 address"))
+            continue
         if addr is None:
             results.append(Ping(pair.src, pair.src_device, pair.dst, pair.dst_device, kind, "", False,
                                 f"{pair.dst} dev {pair.dst_device} has no {'vNIC ' if kind == 'hccs_ping' else ''}IP to ping"))
@@ -103,7 +112,10 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
         items = jobs[node]
         lines = "\n".join(f"{p.src_device} {kind} {addr} {i}" for i, (p, kind, addr) in enumerate(items))
         script = node_script("network_ping.sh", PAIRS=lines, PARALLEL=PING_PARALLEL)
-        outcome = await cluster.run_script(node, script, timeout=PING_TIMEOUT)
+        outcome = await cluster.run_script(node, script, timeout=PING_TIMEOUT, capture=PARSED_CAPTURE)
+        if outcome.cause is Cause.UNREACHABLE:
+            lost[node] = outcome.reason
+            return []
         sections = parse_sections(outcome.stdout)
         by_tag = {name.split()[-1]: sec for name, sec in sections.items() if name.startswith("ping ")}
         out = []
@@ -120,9 +132,18 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
             out.append(Ping(p.src, p.src_device, p.dst, p.dst_device, kind, addr, res.ok, res.detail, busy))
         return out
 
-    for chunk in await asyncio.gather(*(one(n) for n in jobs)):
+    for chunk in (await cluster.each(list(jobs), one)).values():
         results.extend(chunk)
-    return results
+    return [p for p in results if p.src not in lost]
+
+
+def _plain_ip(addr: str) -> bool:
+    import ipaddress
+
+    try:
+        return str(ipaddress.IPv4Address(addr)) == addr
+    except ValueError:
+        return False
 
 
 def _unsupported_hccs(pings: list[Ping]) -> set[tuple[str, str]]:
@@ -151,23 +172,40 @@ def ping_checks(pings: list[Ping]) -> list[Check]:
     return out
 
 
-async def collect(cluster: Cluster, plan: Plan, nodes: list[str]) -> tuple[dict[str, NodeFacts], dict[str, str]]:
+async def collect(cluster: Cluster, plan: Plan, nodes: list[str]
+                  ) -> tuple[dict[str, NodeFacts], dict[str, str], dict[str, Outcome]]:
+    """Facts per node; the unreachable (node -> reason); and the nodes whose collection script
+    did not run or gave nothing (sudo refused, no channel, timed out) with their outcome."""
     soc = plan.inventory.soc
 
-    async def one(node: str) -> tuple[str, NodeFacts | None, str]:
-        devices = plan.devices_used(node)
-        outcome = await cluster.run_script(node, collect_script(soc, devices), timeout=COLLECT_TIMEOUT)
-        if outcome.status == "unreachable":
-            return node, None, outcome.reason
-        return node, node_facts(node, outcome.stdout, devices), ""
+    async def one(node: str) -> Outcome:
+        return await cluster.run_script(node, collect_script(soc, plan.devices_used(node)),
+                                        timeout=COLLECT_TIMEOUT, capture=PARSED_CAPTURE)
 
-    facts, unreachable = {}, {}
-    for node, f, reason in await asyncio.gather(*(one(n) for n in nodes if n not in cluster.unreachable)):
-        if f is None:
-            unreachable[node] = reason
+    facts, unreachable, broken = {}, {}, {}
+    results = await cluster.each([n for n in nodes if n not in cluster.unreachable], one)
+    for node, outcome in results.items():
+        if outcome.cause is Cause.UNREACHABLE:
+            unreachable[node] = outcome.reason
+        elif not outcome.ok and not parse_sections(outcome.stdout):
+            broken[node] = outcome
         else:
-            facts[node] = f
-    return facts, unreachable
+            facts[node] = node_facts(node, outcome.stdout, plan.devices_used(node))
+    return facts, unreachable, broken
+
+
+def collect_checks(broken: dict[str, Outcome]) -> list[Check]:
+    """A collection that could not run says why (its cause and reason), not 'no Chip Count'."""
+    out = []
+    for node, o in broken.items():
+        what = {Cause.COULD_NOT_RUN: "the collection could not run on the node",
+                Cause.TIMED_OUT: f"the collection did not finish within {COLLECT_TIMEOUT:g}s",
+                Cause.INTERRUPTED: "the collection was interrupted"}.get(
+            o.cause, f"the collection script failed (rc {o.rc}) before printing anything")
+        fix = ("give the ssh user passwordless sudo (sudo -n) on the node" if "sudo" in o.reason
+               else "run it by hand: deploy exec INVENTORY --nodes " + node + " -- npu-smi info -l")
+        out.append(Check(node, "collect", "fail", P.first_line(o.reason) or f"rc {o.rc}", what, fix))
+    return out
 
 
 def judge(plan: Plan, facts: dict[str, NodeFacts], busy_is_error: bool) -> tuple[list[Check], list[str]]:
@@ -181,8 +219,10 @@ def judge(plan: Plan, facts: dict[str, NodeFacts], busy_is_error: bool) -> tuple
 
 
 async def fix_tls(cluster: Cluster, facts: dict[str, NodeFacts], devices: dict[str, list[int]],
-                  target: int) -> list[str]:
-    """Set every used device whose TLS switch differs to `target`; returns what changed."""
+                  target: int, lost: dict[str, str] | None = None) -> list[str]:
+    """Set every used device whose TLS switch differs to `target`; returns what changed (and
+    what failed to change, per device). A node lost meanwhile goes to `lost`."""
+    lost = {} if lost is None else lost
 
     async def one(node: str) -> list[str]:
         wrong = [d for d in devices[node] if d in facts[node].devices and facts[node].devices[d].tls not in (None, target)]
@@ -190,6 +230,8 @@ async def fix_tls(cluster: Cluster, facts: dict[str, NodeFacts], devices: dict[s
             return []
         script = node_script("") + "".join(f"echo '@@tls-set {d}'; h -i {d} -tls -s enable {target}\n" for d in wrong)
         outcome = await cluster.run_script(node, script, timeout=COLLECT_TIMEOUT)
+        if outcome.cause is Cause.UNREACHABLE:
+            lost[node] = outcome.reason
         secs = parse_sections(outcome.stdout)
         done = []
         for d in wrong:
@@ -200,7 +242,7 @@ async def fix_tls(cluster: Cluster, facts: dict[str, NodeFacts], devices: dict[s
         return done
 
     changes: list[str] = []
-    for chunk in await asyncio.gather(*(one(n) for n in facts)):
+    for chunk in (await cluster.each(list(facts), one)).values():
         changes += chunk
     return changes
 
@@ -208,32 +250,48 @@ async def fix_tls(cluster: Cluster, facts: dict[str, NodeFacts], devices: dict[s
 async def check_network(plan: Plan, cluster: Cluster, nodes: list[str] | None = None, *, ping: bool = True,
                         fix_tls_to: int | None = None, busy_is_error: bool = False,
                         progress: Progress | None = None) -> NetworkReport:
-    """The whole check as a value. `cluster` must be connected; nodes default to the plan's."""
+    """The whole check as a value. Nodes default to the plan's; each connects on first use.
+
+    Interrupted (Ctrl-C), it returns what it has so far with `interrupted` set."""
     say = progress or (lambda _msg: None)
     nodes = nodes or plan.nodes
     report = NetworkReport(nodes=list(nodes))
-    report.unreachable.update({n: cluster.unreachable[n].reason for n in nodes if n in cluster.unreachable})
-    say(f"collecting NPU facts from {len(nodes) - len(report.unreachable)} nodes")
-    facts, lost = await collect(cluster, plan, nodes)
+
+    def done() -> NetworkReport:
+        report.unreachable.update({n: cluster.unreachable[n].reason for n in nodes
+                                   if n in cluster.unreachable and n not in report.unreachable})
+        report.interrupted = cluster.interrupted
+        return report
+
+    say(f"collecting NPU facts from {len(nodes)} nodes")
+    facts, lost, broken = await collect(cluster, plan, nodes)
     report.unreachable.update(lost)
+    if cluster.interrupted:
+        return done()
     if fix_tls_to is not None:
         devices = {n: plan.devices_used(n) for n in facts}
-        report.tls_changes = await fix_tls(cluster, facts, devices, fix_tls_to)
+        report.tls_changes = await fix_tls(cluster, facts, devices, fix_tls_to, report.unreachable)
+        if cluster.interrupted:
+            return done()
         if report.tls_changes:
             say(f"TLS changed on {len(report.tls_changes)} devices; re-checking")
-            facts, lost = await collect(cluster, plan, list(facts))
+            facts, lost, broken2 = await collect(cluster, plan, [n for n in facts if n not in report.unreachable])
             report.unreachable.update(lost)
+            broken.update(broken2)
+            if cluster.interrupted:
+                return done()
     report.facts = facts
     report.checks, report.summary = judge(plan, facts, busy_is_error)
+    report.checks += collect_checks(broken)
     if ping:
         pairs = [p for p in planned_pairs(plan, list(facts)) if p.src in facts and p.dst in facts]
         say(f"pinging {len(pairs)} planned device pairs")
-        pings = await _run_pings(cluster, plan, facts, pairs, set())
+        pings = await _run_pings(cluster, plan, facts, pairs, set(), report.unreachable)
         fallback = _unsupported_hccs(pings)
-        if fallback:  # 800T A3 boards have no -hccs_ping: use RoCE for those node pairs
+        if fallback and not cluster.interrupted:  # 800T A3 boards have no -hccs_ping: use RoCE
             redo = [p for p in pairs if (p.src, p.dst) in fallback]
             keep = [p for p in pings if (p.src, p.dst) not in fallback]
-            pings = keep + await _run_pings(cluster, plan, facts, redo, fallback)
-        report.pings = pings
-        report.checks += ping_checks(pings)
-    return report
+            pings = keep + await _run_pings(cluster, plan, facts, redo, fallback, report.unreachable)
+        report.pings = [p for p in pings if p.src not in report.unreachable]
+        report.checks += ping_checks(report.pings)
+    return done()

@@ -206,7 +206,8 @@ def cluster_checks(facts: dict[str, NodeFacts], devices: dict[str, list[int]]) -
             out.append(Check(n, "tls", "fail", f"tls switch[{1 - majority}]",
                              f"TLS is {word[1 - majority]} here but {word[majority]} on every other used device "
                              "(HCCL EI0016 / EI0006 at start-up)",
-                             f"hccn_tool -i {d} -tls -s enable 0  (or: deploy check-network INVENTORY --fix-tls)", d))
+                             f"hccn_tool -i {d} -tls -s enable {majority}  (or: deploy check-network "
+                             f"INVENTORY --fix-tls {word[majority]})", d))
     elif counts:
         summary.append(f"tls {'on' if next(iter(counts)) else 'off'} on all {len(tls)} used devices")
 

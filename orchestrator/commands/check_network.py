@@ -10,13 +10,13 @@ from rich.console import Console
 
 from ..checks.network import check_network
 from ..checks.report import print_report
-from ..cliutil import EXIT_USAGE, load_plan_or_exit
+from ..cliutil import JsonCommand, fail, load_plan_or_exit, problem_json
 from ..nodeset import SelectorError, select_nodes
-from ..runlog import run_dir
+from ..runlog import StateError, run_dir
 from ..transport import Cluster
 
 
-@click.command("check-network")
+@click.command("check-network", cls=JsonCommand)
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout: every check of every node/device.")
 @click.option("--fix-tls", type=click.Choice(["off", "on"]), is_flag=False, flag_value="off", default=None,
@@ -28,17 +28,15 @@ from ..transport import Cluster
 def command(inventory: str, as_json: bool, fix_tls: str | None, no_ping: bool, selector: str | None) -> None:
     """Check NPU links, net health, device IPs, hccn.conf, TLS, health and HBM on every node the
     plan uses, then ping the device pairs the plan will use. Exit 0 green (warnings allowed),
-    1 a failed check, 4 a node unreachable, 2 usage or inventory error."""
+    1 a failed check, 4 a node unreachable, 2 usage or inventory error, 130/143 interrupted."""
     plan = load_plan_or_exit(inventory)
     try:
         nodes = select_nodes(plan.inventory, selector) if selector else plan.nodes
     except SelectorError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(EXIT_USAGE)
+        fail(f"--nodes: {e}")
     nodes = [n for n in plan.nodes if n in nodes]
     if not nodes:
-        click.echo("error: the selection has no node that the plan uses", err=True)
-        sys.exit(EXIT_USAGE)
+        fail("the selection has no node that the plan uses")
     err = Console(stderr=True)
     quiet = as_json or not err.is_terminal
 
@@ -46,21 +44,30 @@ def command(inventory: str, as_json: bool, fix_tls: str | None, no_ping: bool, s
         if not quiet:
             err.print(f"[dim]{msg}[/dim]", highlight=False)
 
-    logs = run_dir(plan.inventory, "check-network")
+    state_error = None
+    try:
+        logs = run_dir(plan.inventory, "check-network")
+    except StateError as e:  # --fix-tls changes nodes: run, print everything, say so, exit >= 1
+        logs, state_error = None, str(e)
 
     async def go():
-        async with Cluster(plan.inventory, nodes, log_dir=logs) as cluster:
-            progress(f"connecting to {len(nodes)} nodes")
-            await cluster.connect()
-            return await check_network(plan, cluster, nodes, ping=not no_ping,
-                                       fix_tls_to=None if fix_tls is None else int(fix_tls == "on"),
-                                       progress=progress)
+        async with Cluster(plan.inventory, nodes, log_dir=logs, handle_signals=True) as cluster:
+            progress(f"checking {len(nodes)} nodes")
+            report = await check_network(plan, cluster, nodes, ping=not no_ping,
+                                         fix_tls_to=None if fix_tls is None else int(fix_tls == "on"),
+                                         progress=progress)
+            return report, cluster.log_errors
 
-    report = asyncio.run(go())
+    report, log_errors = asyncio.run(go())
+    if log_errors and not state_error:
+        state_error = "cannot write the node logs: " + "; ".join(
+            f"{n}: {e}" for n, e in sorted(log_errors.items())[:3])
+    report.local_error = state_error
     if as_json:
         out = report.to_json()
         out["inventory"] = plan.name
-        out["logs"] = str(logs)
+        out["logs"] = str(logs) if logs else None
+        out["warnings"] = [problem_json(w, plan.inventory.source) for w in plan.warnings]
         click.echo(json.dumps(out, indent=2))
     else:
         n_pairs = len(report.pings) if not no_ping else 0
@@ -70,7 +77,8 @@ def command(inventory: str, as_json: bool, fix_tls: str | None, no_ping: bool, s
         if not out.is_terminal:
             out = Console(width=160)  # piped or logged: keep observed lines and fixes unwrapped
         print_report(report, out, title)
-        click.echo(f"logs: {logs}", err=True)
+        if logs is not None:
+            click.echo(f"logs: {logs}", err=True)
+    if state_error:
+        click.echo(f"error: {state_error}; the results above are complete", err=True)
     sys.exit(report.exit_code)
-
-

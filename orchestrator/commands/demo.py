@@ -38,7 +38,8 @@ def command(keep: bool, root: str | None, mode: str | None) -> None:
     from ..sim import cluster as sim
 
     root_path = Path(root) if root else Path(tempfile.mkdtemp(prefix="deploy-demo-", dir="/tmp"))
-    os.chmod(root_path, 0o755)
+    root_path.mkdir(parents=True, exist_ok=True)
+    os.chmod(root_path, 0o755)  # the simulated nodes' user must traverse it
     os.environ["DEPLOY_STATE_DIR"] = str(root_path / "state")
     say = lambda m: click.echo(m, err=True)  # noqa: E731
     say(f"deploy demo: simulated cluster in {root_path}")

@@ -5,12 +5,12 @@ import json
 
 import click
 
-from ..cliutil import load_plan_or_exit
+from ..cliutil import JsonCommand, load_plan_or_exit
 from ..render import plan_table
 from ..scripts import node_script
 
 
-@click.command("plan")
+@click.command("plan", cls=JsonCommand)
 @click.argument("inventory", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout (the spec's format).")
 @click.option("--script", "script_node", metavar="NODE",

@@ -71,14 +71,18 @@ def command(inventory: str, fmt: str | None, output: str, as_json: bool) -> None
     async def go():
         async with Cluster(plan.inventory, nodes, log_dir=logs) as cluster:
             await cluster.connect()
-            facts, lost = await collect(cluster, plan, nodes)
+            facts, lost, broken = await collect(cluster, plan, nodes)
             unreachable = {n: cluster.unreachable[n].reason for n in nodes if n in cluster.unreachable}
             unreachable.update(lost)
-            return facts, unreachable
+            return facts, unreachable, broken
 
-    facts, unreachable = asyncio.run(go())
+    facts, unreachable, broken = asyncio.run(go())
     table = build_table(plan, facts, fmt)  # type: ignore[arg-type]
     problems = [] if unreachable else validate_table(plan, table, facts)
+    from ..ranktable import TableProblem
+
+    problems = [TableProblem(n, None, f"the NPU facts could not be collected: {o.reason or o.cause.value}")
+                for n, o in broken.items()] + problems
     code = EXIT_UNREACHABLE if unreachable else EXIT_FAILED if problems else EXIT_OK
     path = None
     if code == EXIT_OK:

@@ -29,6 +29,26 @@ def start_detached(container: str, script: str, log: str, pidfile: str) -> list[
     return docker_exec(container, "sh", "-c", _START, "sh", script, log, pidfile)
 
 
+# Many at once: arguments are (script, log, pidfile) triples; prints "<pidfile> <pid>" per start.
+_START_MANY = ('while [ "$#" -ge 3 ]; do setsid sh "$1" </dev/null >"$2" 2>&1 & echo $! >"$3"; '
+               'echo "$3 $!"; shift 3; done')
+
+
+def start_many(container: str, items: list[tuple[str, str, str]]) -> list[str]:
+    """Start several scripts (script, log, pidfile) with one docker exec; each its own session."""
+    flat = [x for item in items for x in item]
+    return docker_exec(container, "sh", "-c", _START_MANY, "sh", *flat)
+
+
+def parse_started(stdout: str) -> dict[str, int]:
+    out = {}
+    for line in stdout.splitlines():
+        path, _, pid = line.rpartition(" ")
+        if path and pid.isdigit():
+            out[path] = int(pid)
+    return out
+
+
 def alive(container: str, pids: list[int]) -> list[str]:
     return docker_exec(container, "sh", "-c", _ALIVE, "sh", *map(str, pids))
 

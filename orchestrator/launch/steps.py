@@ -38,6 +38,7 @@ class Kind(str, Enum):
     LAUNCH = "launch"
     READINESS = "readiness"
     PROXY = "proxy"
+    WARMUP = "warmup"
     SMOKE = "smoke"
     STOP_PROXY = "stop-proxy"
     STOP_RANKS = "stop-ranks"

@@ -62,7 +62,7 @@ class Up:
         groups = [g.name for g in self.inv.groups]
         self.groups = [g for g in groups if not opts.only or g in opts.only]
         self.nodes = plan.nodes
-        self.new_containers: set[str] = set()
+        self.container_ids: dict[str, str] = {}
         self.keep: set[str] = set()  # groups already healthy: left running
         self.started = time.monotonic()
         self.facts: dict | None = None      # check-network's collected facts (rank table input)
@@ -111,6 +111,8 @@ class Up:
         if self.plan.proxy is not None and not await self._proxy():
             return result
         result.endpoint = self._endpoint()
+        if self.inv.readiness.warmup and not await self._warmup():
+            return result
         if self.inv.readiness.smoke and not await self._smoke(result):
             return result
         self.ledger.state = "serving"
@@ -242,9 +244,11 @@ class Up:
         t0 = time.monotonic()
         self.progress.step_started(Kind.RANKTABLE, "P/D rank table from live device IPs", self.nodes)
         if self.facts is None:
-            self.facts, lost = await collect(self.cluster, self.plan, self.nodes)
+            self.facts, lost, broken = await collect(self.cluster, self.plan, self.nodes)
             for n, reason in lost.items():
                 self.runner.failed.setdefault(n, NodeResult(n, Cause.UNREACHABLE, reason))
+            for n, o in broken.items():
+                self.runner.failed.setdefault(n, NodeResult(n, Cause.COULD_NOT_RUN, f"NPU facts: {o.reason}"))
         table = build_table(self.plan, self.facts, "pd")
         problems = validate_table(self.plan, table, self.facts)
         results = {n: NodeResult(n, Cause.OK, "devices in the table") for n in self.nodes}
@@ -295,6 +299,7 @@ class Up:
             diff = container_drift(current, spec) if current is not None else ["unreadable docker inspect"]
             running = bool(current and current.get("State", {}).get("Running"))
             if not diff and running:
+                self.container_ids[node] = str(current.get("Id", ""))
                 return NodeResult(node, Cause.OK, f"reusing container {self.container}")
             if diff and not self.opts.recreate:
                 return NodeResult(node, Cause.REFUSED,
@@ -311,12 +316,20 @@ class Up:
                                 "see the docker error above; check devices and mounts on the node")
         cid = created.stdout.strip().splitlines()[-1] if created.stdout.strip() else ""
         self.ledger.containers[node] = cid
-        self.new_containers.add(node)
+        self.container_ids[node] = cid
         return NodeResult(node, Cause.OK, f"created {self.container} {cid[:12]}")
 
+    def _setup_marker(self, node: str) -> str:
+        """Host file recording that setup finished in this very container (by its id): a run that
+        created a container and then stopped must not leave it without its setup."""
+        cid = "".join(c for c in self.container_ids.get(node, "") if c.isalnum())[:12] or "unknown"
+        return f"{nodepaths.remote_dir(self.inv)}/setup-{cid}.done"
+
     async def _setup(self, node: str) -> NodeResult:
-        if node not in self.new_containers:
-            return NodeResult(node, Cause.OK, "existing container: setup already done")
+        marker = self._setup_marker(node)
+        done = await self.cluster.run_script(node, f"test -f {nodepaths.host_path(marker)}\n", timeout=60)
+        if done.ok:
+            return NodeResult(node, Cause.OK, "setup already done in this container")
         spec = self.plan.container_on(node)
         assert spec is not None
         for argv in scripts.setup_argvs(spec):
@@ -331,6 +344,10 @@ class Up:
             if o.stdout.strip().endswith("kept"):
                 self.progress.say(f"  {node}: the image has its own sitecustomize.py; left as is "
                                   "(the socket env guard is not installed)")
+        mark = await self.cluster.run_script(node, nodeside.write_files_script({marker: ("done\n", 0o600)}),
+                                             timeout=60)
+        if not mark.ok:
+            return from_outcome(mark, f"record setup in {marker}")
         return NodeResult(node, Cause.OK, "setup done")
 
     async def _preflight(self, node: str) -> NodeResult:
@@ -390,27 +407,38 @@ class Up:
             await self._readiness(pending, groups, deadline, result)
 
     async def _start_group(self, group: str, refs: list[RankRef]) -> NodeResult | None:
-        """The master's ranks, then every other node's at once. None when all started."""
+        """The master's ranks, then every other node's at once (one docker exec per node).
+        None when all started."""
         g = next(x for x in self.inv.groups if x.name == group)
         master = [r for r in refs if r.node == g.nodes[0]]
-        others = [r for r in refs if r.node != g.nodes[0]]
-        for batch in (master, others):
-            for res in await asyncio.gather(*(self._start_rank(r) for r in batch)):
-                if res is not None:
-                    return res
+        by_node: dict[str, list[RankRef]] = {}
+        for r in refs:
+            if r.node != g.nodes[0]:
+                by_node.setdefault(r.node, []).append(r)
+        res = await self._start_on(g.nodes[0], master) if master else None
+        if res is not None:
+            return res
+        for res in await asyncio.gather(*(self._start_on(n, rs) for n, rs in by_node.items())):
+            if res is not None:
+                return res
         return None
 
-    async def _start_rank(self, ref: RankRef) -> NodeResult | None:
-        argv = nodeside.start_detached(self.container, ref.script, ref.log, ref.pidfile)
-        o = await self.cluster.run(ref.node, argv, timeout=60)
-        pid_text = o.stdout.strip().splitlines()[-1] if o.stdout.strip() else ""
-        if not o.ok or not pid_text.isdigit():
-            res = from_outcome(o, f"start {ref.where()}")
+    async def _start_on(self, node: str, refs: list[RankRef]) -> NodeResult | None:
+        argv = nodeside.start_many(self.container, [(r.script, r.log, r.pidfile) for r in refs])
+        o = await self.cluster.run(node, argv, timeout=120)
+        started = nodeside.parse_started(o.stdout)
+        now = time.time()
+        for r in refs:
+            if r.pidfile in started:
+                self.ledger.ranks[r.key] = RankEntry(r.key, r.node, r.rank.group, started[r.pidfile], now,
+                                                     table=self.table_hash)
+        missing = [r for r in refs if r.pidfile not in started]
+        if missing or not o.ok:
+            res = from_outcome(o, f"start {missing[0].where() if missing else refs[0].where()}")
             if o.ok:
-                res = NodeResult(ref.node, Cause.FAILED, f"start {ref.where()}: no PID printed ({o.stdout[:200]!r})")
+                res = NodeResult(node, Cause.FAILED, f"start {missing[0].where()}: no PID printed "
+                                 f"({o.stdout[-200:]!r})")
             return res
-        self.ledger.ranks[ref.key] = RankEntry(ref.key, ref.node, ref.rank.group, int(pid_text), time.time(),
-                                               table=self.table_hash)
         return None
 
     async def _readiness(self, pending: dict[str, float], groups: dict[str, list[RankRef]],
@@ -549,7 +577,7 @@ class Up:
                                            {p.node: NodeResult(p.node, Cause.OK, "proxy answers /healthcheck")},
                                            time.monotonic() - t0))
                 return True
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(0.25)
         log = await self._tail_file(p.node, nodepaths.proxy_log(self.inv))
         self.runner.add(StepReport(Kind.PROXY, "proxy", {p.node: NodeResult(
             p.node, Cause.TIMED_OUT, f"the proxy did not answer /healthcheck within {PROXY_TIMEOUT:g}s; "
@@ -559,6 +587,42 @@ class Up:
     async def _tail_file(self, node: str, path: str) -> str:
         o = await self.cluster.run_script(node, nodeside.tail_script([path], LOG_TAIL), timeout=60)
         return nodeside.parse_tails(o.stdout).get(path, "")
+
+    async def _warmup(self) -> bool:
+        """readiness.warmup prefill requests to every prefill rank (the large-EP guide's FAQ:
+        some NPU operators need a few rounds before full speed), as the proxy sends them."""
+        n = self.inv.readiness.warmup
+        ranks = [r for r in http_ranks(self.refs) if r.rank.role == "prefill" and r.rank.group in self.groups]
+        t0 = time.monotonic()
+        self.progress.step_started(Kind.WARMUP, f"warm-up: {n} prefill request(s) per prefill rank",
+                                   sorted({r.node for r in ranks}))
+        body = {"model": self.inv.model.served, "prompt": "warm-up", "max_tokens": 1, "min_tokens": 1,
+                "stream": False, "kv_transfer_params": {"do_remote_decode": True, "do_remote_prefill": False,
+                                                        "remote_engine_id": None, "remote_block_ids": None,
+                                                        "remote_host": None, "remote_port": None}}
+        key = api_key(self.plan)
+        headers = {"Authorization": f"Bearer {key}"} if key else None
+
+        async def one(ref: RankRef) -> tuple[RankRef, http.Response | None]:
+            for _ in range(n):
+                r = await http.request(lambda h, p: self.cluster.open_tcp(ref.node, h, p), ref.rank.ip,
+                                       ref.rank.port, "POST", "/v1/completions", body, timeout=SMOKE_TIMEOUT,
+                                       headers=headers)
+                if not r.ok:
+                    return ref, r
+            return ref, None
+
+        results: dict[str, NodeResult] = {}
+        for ref, bad in await asyncio.gather(*(one(r) for r in ranks)):
+            if bad is not None and (ref.node not in results or results[ref.node].ok):
+                results[ref.node] = NodeResult(ref.node, Cause.FAILED, f"warm-up request to {ref.where()} failed: "
+                                               f"{bad.describe()} {bad.text()[:200]!r}",
+                                               "deploy status INVENTORY; read that rank's log")
+            results.setdefault(ref.node, NodeResult(ref.node, Cause.OK, f"{n} warm-up request(s) per rank"))
+        report = StepReport(Kind.WARMUP, "warm-up", results, time.monotonic() - t0)
+        self.runner.add(report)
+        self._record(report)
+        return report.ok
 
     async def _smoke(self, result: UpResult) -> bool:
         node, ip, port = smoke_target(self.plan)

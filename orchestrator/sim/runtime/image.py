@@ -28,6 +28,8 @@ PY = "/usr/local/python3.11.14"
 EXAMPLES = "/vllm-workspace/vllm-ascend/examples/disaggregated_prefill_v1"
 PROXY = f"{EXAMPLES}/load_balance_proxy_server_example.py"
 PROXY_LAYERWISE = f"{EXAMPLES}/load_balance_proxy_layerwise_server_example.py"
+# The v0.9.1 line (the large-EP / LLMDataDist images) keeps the examples without the "d".
+LEGACY_EXAMPLES = "/vllm-workspace/vllm-ascend/examples/disaggregate_prefill_v1"
 TOOLKIT = "/usr/local/Ascend/ascend-toolkit"
 ATB = "/usr/local/Ascend/nnal/atb"
 PATH = f"{PY}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -85,9 +87,10 @@ def files(sim_root: str, ref: str) -> dict[str, tuple[str, int]]:
     """path in the image -> (text, mode)."""
     pyver = f"python{sys.version_info.major}.{sys.version_info.minor}"
     vllm = f"#!{PY}/bin/python3\n" + _launcher(sim_root, "vllm.py")
-    return {
-        PROXY: (_launcher(sim_root, "proxy.py"), 0o644),
-        PROXY_LAYERWISE: (_launcher(sim_root, "proxy.py",
+    examples = LEGACY_EXAMPLES if ":v0.9." in ref else EXAMPLES
+    out = {
+        f"{examples}/load_balance_proxy_server_example.py": (_launcher(sim_root, "proxy.py"), 0o644),
+        f"{examples}/load_balance_proxy_layerwise_server_example.py": (_launcher(sim_root, "proxy.py",
                                     "import os; os.environ['DEPLOY_SIM_PROXY_MODE'] = 'layerwise'\n"), 0o644),
         f"{TOOLKIT}/set_env.sh": (CANN_ENV, 0o755),
         f"{ATB}/set_env.sh": (ATB_ENV, 0o755),
@@ -102,6 +105,7 @@ def files(sim_root: str, ref: str) -> dict[str, tuple[str, int]]:
         f"{ATB}/latest/atb/cxx_abi_0/lib/libatb.so": ("", 0o644),
         f"{IMAGE_WORKDIR}/.keep": ("", 0o644),
     }
+    return out
 
 
 def populate(rootfs: str, sim_root: str, ref: str) -> None:

@@ -168,6 +168,9 @@ class Frontend:
         per = cfg.world_per_engine // cfg.nnodes if cfg.nnodes > 1 else cfg.world_per_engine
         count = 1 if cfg.nnodes > 1 else cfg.dp_local
         logical = visible if visible is not None else list(range(len(cdevs)))
+        if cfg.env_local_rank and len(logical) >= (cfg.env_local_rank + 1) * per:
+            # VLLM_DP_* launch with the node's devices all visible: the engine takes its local slice
+            logical = logical[cfg.env_local_rank * per:]
         bad = raw_bad or any(i < 0 or i >= len(cdevs) for i in logical)
         unordered = not bad and logical != sorted(logical)
         if bad or unordered:
@@ -342,7 +345,8 @@ class Frontend:
                     "startup_s": self.node.startup_s, "slow_s": float(faults.get("slow-start") or 0),
                     "never_ready": "never-ready" in faults, "crash_at_start": "crash-at-start" in faults,
                     "kv_ports": self.kv_ports(dp_rank, lo, hi), "engine_id": str((cfg.kv or {}).get("engine_id", "")),
-                    "gloo_port": gloo_port, **self.pd_tp()}
+                    "gloo_port": gloo_port, "connector": (cfg.kv or {}).get("kv_connector"),
+                    "kv_role": (cfg.kv or {}).get("kv_role"), **self.pd_tp()}
             r, w = os.pipe()
             env_i = dict(env, DEPLOY_SIM_ENGINE_SPEC=json.dumps(spec), DEPLOY_SIM_STATUS_FD=str(w))
             proc = subprocess.Popen([sys.executable, ENGINE_PY], env=env_i, pass_fds=[w], stdin=subprocess.DEVNULL)

@@ -175,6 +175,7 @@ class ServeConfig:
     node_rank: int
     kv: dict | None = None
     api_keys: list[str] = field(default_factory=list)
+    env_local_rank: int | None = None  # launch by VLLM_DP_* (v0.9.1 line): the engine's local DP rank
 
     @property
     def world_per_engine(self) -> int:
@@ -216,6 +217,22 @@ def _frames(*extra: tuple[str, int, str, str]) -> list[tuple[str, int, str, str]
             (_MAIN, 73, "main", "args.dispatch_function(args)"), *extra]
 
 
+def _env_dp(args: argparse.Namespace, env: dict[str, str]) -> int | None:
+    """The v0.9.1 image's ParallelConfig patch: with VLLM_ASCEND_EXTERNAL_DP_LB_ENABLED=1 the DP
+    place comes from VLLM_DP_SIZE / _RANK / _RANK_LOCAL / _MASTER_IP / _MASTER_PORT (each rank its
+    own API server). Without VLLM_DP_SIZE it silently stays DP size 1, as on the real image.
+    Returns the local DP rank (which slice of the visible devices the engine takes), or None."""
+    if env.get("VLLM_ASCEND_EXTERNAL_DP_LB_ENABLED") != "1" or not env.get("VLLM_DP_SIZE", "").isdigit():
+        return None
+    args.data_parallel_size = int(env["VLLM_DP_SIZE"])
+    args.data_parallel_rank = int(env.get("VLLM_DP_RANK", "0") or 0)
+    args.data_parallel_address = env.get("VLLM_DP_MASTER_IP") or args.data_parallel_address
+    if env.get("VLLM_DP_MASTER_PORT", "").isdigit():
+        args.data_parallel_rpc_port = int(env["VLLM_DP_MASTER_PORT"])
+    local = env.get("VLLM_DP_RANK_LOCAL", "0")
+    return int(local) if local.isdigit() else 0
+
+
 def resolve(args: argparse.Namespace, env: dict[str, str]) -> ServeConfig:
     """The serve-time rules, in vLLM's order; raises ServeError with the real message."""
     model = args.model_tag or args.model or "Qwen/Qwen3-0.6B"
@@ -237,17 +254,8 @@ def resolve(args: argparse.Namespace, env: dict[str, str]) -> ServeConfig:
         raise ServeError("ValueError", "data_parallel_hybrid_lb is not applicable in headless mode",
                          _frames((_SERVE, 152, "cmd", "run_headless(args)"),
                                  (_SERVE, 205, "run_headless", "raise ValueError(")))
-    if env.get("VLLM_DP_SIZE") and args.data_parallel_size == 1 and args.data_parallel_rank is None:
-        # the v0.9.1-era env-driven DP (large-EP guide: run_dp_template.sh exports VLLM_DP_*; vllm-ascend
-        # patches ParallelConfig.__post_init__ to read them): one process per rank, like external LB
-        try:
-            args.data_parallel_size = int(env["VLLM_DP_SIZE"])
-            args.data_parallel_rank = int(env.get("VLLM_DP_RANK", "0"))
-            args.data_parallel_address = env.get("VLLM_DP_MASTER_IP") or args.data_parallel_address
-            if env.get("VLLM_DP_MASTER_PORT"):
-                args.data_parallel_rpc_port = int(env["VLLM_DP_MASTER_PORT"])
-        except ValueError as e:
-            raise ServeError("ValueError", str(e)) from None
+    env_local = _env_dp(args, env)
+    if env_local is not None:
         is_external = True
     dp = args.data_parallel_size
     if is_external:
@@ -275,6 +283,7 @@ def resolve(args: argparse.Namespace, env: dict[str, str]) -> ServeConfig:
     if not keys and env.get("VLLM_API_KEY"):
         keys = [env["VLLM_API_KEY"]]
     cfg.api_keys = keys
+    cfg.env_local_rank = env_local
     if kv is not None:
         check_kv_extra_config(cfg)
     return cfg

@@ -148,6 +148,8 @@ class Engine:
             self.members = [self.own]
         self.check_memory_and_claim()
         self.hccl_checks()
+        if spec.get("connector") == "LLMDataDistCMgrConnector":
+            self.llmdatadist_table()
         ptp, dtp = spec.get("prefill_tp"), spec.get("decode_tp")
         if ptp is not None and dtp is not None and ptp < dtp:
             self.fail(f"ValueError: prefill_tp_size: {ptp} must be greater than or equal to the decode_tp_size: {dtp}",
@@ -326,6 +328,42 @@ class Engine:
                 sys.stdout.flush()
                 self.garbage = True
                 return
+
+    def llmdatadist_table(self) -> None:
+        """What the LLMDataDist connector (v0.11 and older) reads at start-up: the P/D rank table
+        at DISAGGREGATED_PREFILL_RANK_TABLE_PATH. Its role's list must hold every device of this
+        engine on this server (server_id = the host IP), with the device's live IP (A3: the vNIC),
+        and server_count must equal the servers the lists name."""
+        _LL = "/vllm-workspace/vllm-ascend/vllm_ascend/distributed/llmdatadist_c_mgr_connector.py"
+        frames = [(_CORE, 1002, "run_engine_core", "engine_core = DPEngineCoreProc(*args, **kwargs)"),
+                  (_LL, 180, "read_agent_metadata", "global_rank_table = self.read_offline_rank_table()")]
+        path = os.environ.get("DISAGGREGATED_PREFILL_RANK_TABLE_PATH")
+        if not path:
+            self.fail("AssertionError: Please set path of rank_table to env variable "
+                      "DISAGGREGATED_PREFILL_RANK_TABLE_PATH", frames)
+        try:
+            with open(path) as f:
+                table = json.load(f)
+        except FileNotFoundError:
+            self.fail(f"FileNotFoundError: [Errno 2] No such file or directory: '{path}'", frames)
+        except (OSError, ValueError) as e:
+            self.fail(f"json.decoder.JSONDecodeError: {e}", frames)
+        lists = [e for k in ("prefill_device_list", "decode_device_list") for e in table.get(k, []) or []]
+        servers = {e.get("server_id") for e in lists}
+        if str(table.get("server_count")) != str(len(servers)):
+            self.fail(f"RuntimeError: EI0004: Failed to parse the ranktable file {path}. Reason: server_count "
+                      f"[{table.get('server_count')}] is not equal to the number of servers in the table "
+                      f"[{len(servers)}] [sim]", frames)
+        mine = table.get("prefill_device_list" if self.spec.get("kv_role") == "kv_producer"
+                         else "decode_device_list", []) or []
+        a3 = self.node.soc == "a3"
+        for rank, d in enumerate(self.devices):
+            info = self.node.devices.get(d, {})
+            want_ip = info.get("vnic_ip") if a3 else info.get("ip")
+            hit = [e for e in mine if e.get("server_id") == self.node.address and str(e.get("device_id")) == str(d)]
+            if not hit or hit[0].get("device_ip") != want_ip:
+                self.fail(f"ValueError: Can't read the target server_id {self.node.address} and device_rank {rank} "
+                          "from rank table", frames)
 
     def bind_side_channels(self) -> None:
         for port, tp_rank, pp_rank, pcp_rank in self.spec.get("kv_ports", []):

@@ -109,6 +109,7 @@ class Node:
         self.state = _read_json(self.dir / "state.json") or {}
         self.address: str = self.state.get("address") or "127.0.0.1"
         self.nic: str | None = self.state.get("nic")
+        self.soc: str = self.state.get("soc") or "a3"
         self.name: str = self.state.get("name") or self.dir.name
         self.devices: dict[int, dict] = {int(d["id"]): d for d in self.state.get("devices", [])}
         self._config_path = self.dir / "runtime" / "config.json"

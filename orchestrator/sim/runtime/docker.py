@@ -45,8 +45,8 @@ NODE = os.environ.get("DEPLOY_SIM_NODE", "")
 RUNTIME = os.path.dirname(os.path.abspath(__file__))
 HOST_DIRS = ("usr/bin", "usr/sbin", "usr/lib", "usr/lib32", "usr/lib64", "usr/libexec", "usr/share")
 TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-ETC_COPY = ("passwd", "group", "hosts", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
-            "alternatives", "localtime", "ssl")
+ETC_COPY = ("passwd", "group", "hosts", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime")
+ETC_BIND = ("alternatives", "ssl")  # hundreds of symlinks each: bound from the host, not copied
 UNSHARE = shutil.which("unshare", path="/usr/bin:/bin") or "/usr/bin/unshare"
 NSENTER = shutil.which("nsenter", path="/usr/bin:/bin") or "/usr/bin/nsenter"
 NODE_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
@@ -493,6 +493,9 @@ def mount_plan(rec: dict) -> list[tuple[str, str, bool, bool]]:
             plan.append(("/" + d, os.path.join(rootfs, d), True, False))
     for d in ("dev", "proc", "sys"):
         plan.append(("/" + d, os.path.join(rootfs, d), True, False))
+    for d in ETC_BIND:
+        if os.path.isdir("/etc/" + d):
+            plan.append(("/etc/" + d, os.path.join(rootfs, "etc", d), True, False))
     plan.append((ROOT, rootfs + ROOT, False, False))
     binds = []
     for spec in rec["HostConfig"]["Binds"]:

@@ -313,6 +313,7 @@ class Proxy(Strict):
 
 class Readiness(Strict):
     timeout: float = Field(default=1800, gt=0, le=MAX_READINESS_TIMEOUT, allow_inf_nan=False)
+    restarts: int = Field(default=1, ge=0, le=10)  # group-atomic restarts before a group is marked failed
     warmup: int = Field(default=0, ge=0, le=1000)  # requests through each prefill rank before the smoke
     smoke: bool = True
 

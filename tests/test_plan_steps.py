@@ -38,7 +38,7 @@ def order(plan):
 
 def test_step_kinds_are_the_json_names():
     assert [k.value for k in StepKind] == ["check-network", "ranktable", "containers", "setup", "launch",
-                                           "readiness", "proxy", "smoke"]
+                                           "readiness", "proxy", "warmup", "smoke"]
 
 
 def test_pd_order_one_wave_master_then_others():

@@ -239,3 +239,102 @@ def test_warmup_requests_reach_every_prefill_rank_before_the_smoke(tmp_path):
         assert code == 0 and td["ok"]
     finally:
         sim.down()
+
+
+def test_dead_rank_restarts_its_group_then_fails_it_with_diagnostics_healthy_groups_stay(small):
+    """A rank that crashes at start: its whole group (both decode nodes) is stopped and restarted
+    (readiness.restarts, default 1), then failed with a diagnostic folder; prefill groups serve on."""
+    small.fault("d1", "crash-at-start")
+    try:
+        code, doc = small.json("up", small.inventory, "--skip-checks")
+        assert code == 1 and not doc["ok"]
+        assert set(doc["failed_groups"]) == {"d"}, doc["failed_groups"]
+        msg = doc["failed_groups"]["d"]
+        assert "d1" in msg and "exited before the group was ready" in msg and "after 1 group restart" in msg
+        folder = Path(msg.split("diagnostics: ")[1].split()[0])
+        names = {p.name for p in folder.iterdir()}
+        assert {"reason.txt", "plan.json", "d0-npu.txt", "d1-npu.txt", "rank-d-d1-0.log"} <= names
+        assert "link status" in (folder / "d1-npu.txt").read_text()
+        code, st = small.json("status", small.inventory)
+        assert code == 1
+        by_group = {}
+        for r in st["ranks"]:
+            by_group.setdefault(r["group"], []).append(r["healthy"])
+        assert all(by_group["p0"]) and all(by_group["p1"]) and not any(by_group["d"])
+        alive_d = [r for r in st["ranks"] if r["group"] == "d" and r["alive"]]
+        assert not alive_d, "a failed group must not be left half running"
+    finally:
+        small.fault("d1", "clear-runtime")
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td
+        small.assert_nothing_left()
+
+
+def test_up_again_after_a_failure_keeps_healthy_groups_and_brings_up_the_rest(small):
+    small.fault("d0", "crash-at-start")
+    try:
+        code, _ = small.json("up", small.inventory, "--skip-checks")
+        assert code == 1
+        _, st = small.json("status", small.inventory)
+        before = {r["key"]: r["pid"] for r in st["ranks"] if r["group"] in ("p0", "p1")}
+        small.fault("d0", "clear-runtime")
+        code, doc = small.json("up", small.inventory)
+        assert code == 0 and doc["ok"], json.dumps(doc)[:3000]
+        _, st = small.json("status", small.inventory)
+        after = {r["key"]: r["pid"] for r in st["ranks"] if r["group"] in ("p0", "p1")}
+        assert after == before  # the prefill groups were kept, not restarted
+        assert st["ok"]
+    finally:
+        small.fault("d0", "clear-runtime")
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td
+
+
+def test_tls_mismatch_found_by_triage_when_checks_are_skipped(small):
+    """--skip-checks lets a TLS mismatch through to launch: the ranks' EI0016 lines are matched
+    live and the failure says what it is and how to fix it, naming the node and device."""
+    small.fault("d1", "tls-on", device=2)
+    try:
+        p = small.run("up", small.inventory, "--skip-checks")
+        assert p.returncode == 1
+        err = p.stderr
+        assert "HCCL TLS switch differs between devices (EI0016)" in err
+        assert "-tls -s enable 0" in err and "d1" in err
+        assert "group d" in err
+    finally:
+        small.fault("d1", "clear")
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td
+
+
+def test_ctrl_c_during_up_leaves_a_ledger_then_up_resumes_and_teardown_converges(small):
+    import signal as _signal
+    import time as _time
+
+    small.fault("d0", "slow-start:20")  # the decode group takes long: interrupt while waiting for it
+    proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "up", small.inventory, "--skip-checks"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **small.env})
+    try:
+        deadline = _time.monotonic() + 120
+        ledger = Path(small.env["DEPLOY_STATE_DIR"]) / small.inv["name"] / "ledger.json"
+        while _time.monotonic() < deadline:  # until every rank has been started
+            if ledger.exists() and len(json.loads(ledger.read_text()).get("ranks", {})) == 36:
+                break
+            _time.sleep(0.3)
+        _time.sleep(1.0)
+        proc.send_signal(_signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err[-2000:]
+        led = json.loads(ledger.read_text())
+        assert led["state"] == "interrupted" and len(led["ranks"]) == 36
+        small.fault("d0", "clear-runtime")
+        code, doc = small.json("up", small.inventory)
+        assert code == 0 and doc["ok"], json.dumps(doc)[:3000]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        small.fault("d0", "clear-runtime")
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td
+        small.assert_nothing_left()

@@ -66,6 +66,9 @@ def show(st: Status, name: str) -> None:
         if r.stale_table:
             console.print(f"[red]stale rank table[/red]: {r.key} on {r.node} started with {r.ranktable}, the file "
                           "on the node has changed since (restart the group: teardown, then up)", highlight=False)
+    for r in st.ranks:
+        for line in r.findings:
+            console.print(f"{r.key}: {line}", highlight=False, markup=False)
     for node, state in sorted(st.containers.items()):
         console.print(f"container on {node}: {state}", highlight=False)
     if st.proxy:

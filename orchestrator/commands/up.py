@@ -48,7 +48,7 @@ def command(inventory: str, skip_checks: bool, recreate: bool, only: tuple[str, 
         click.echo(f"error: {e}", err=True)
         sys.exit(1)
     ledger.inventory_text, ledger.inventory_file = text, os.path.abspath(inventory)
-    opts = UpOptions(skip_checks=skip_checks, recreate=recreate, only=list(only) or None)
+    opts = UpOptions(skip_checks=skip_checks, recreate=recreate, only=list(only) or None, bundle_dir=str(logs))
     holder: dict = {}
 
     async def go():

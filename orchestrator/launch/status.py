@@ -38,6 +38,7 @@ class RankStatus:
     waiting: float | None = None
     kv_cache: float | None = None
     ranktable: str | None = None  # sha256 (12) of the rank table it started with
+    findings: list[str] = field(default_factory=list)  # known failure signatures in its log (unhealthy)
     stale_table: bool = False     # the table on the node changed since the rank started
 
     @property
@@ -156,6 +157,7 @@ async def collect_status(plan: Plan, cluster: Cluster, ledger: Ledger | None) ->
         return rs
 
     st.ranks = list(await asyncio.gather(*(rank_state(r) for r in refs)))
+    await _triage_unhealthy(cluster, plan, refs, st)
     if plan.proxy is not None:
         p = plan.proxy
         pid = pids.get(nodepaths.proxy_pid(inv))
@@ -174,3 +176,26 @@ def _q(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
+
+
+async def _triage_unhealthy(cluster: Cluster, plan: Plan, refs: list[RankRef], st: Status) -> None:
+    """For every rank that is not healthy: its log tail through the failure signatures (one
+    round trip per node), so status says why, with the node, devices and the fix."""
+    from .. import triage
+
+    bad = {rs.key for rs in st.ranks if not rs.healthy and rs.node not in st.unreachable}
+    by_node: dict[str, list[RankRef]] = {}
+    for r in refs:
+        if r.key in bad:
+            by_node.setdefault(r.node, []).append(r)
+
+    async def one(node: str) -> None:
+        mine = by_node[node]
+        o = await cluster.run_script(node, nodeside.tail_script([r.log for r in mine], 40), timeout=60)
+        tails = nodeside.parse_tails(o.stdout)
+        for r in mine:
+            rs = next(x for x in st.ranks if x.key == r.key)
+            found = triage.match(tails.get(r.log, ""), npus_per_node=plan.inventory.devices_per_node)
+            rs.findings = [f.headline(r.node, r.rank.devices) for f in found]
+
+    await asyncio.gather(*(one(n) for n in by_node))

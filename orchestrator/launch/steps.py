@@ -7,23 +7,25 @@ report / `--json`. Facts flow from step to step through the `Context`.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Awaitable, Callable, Protocol
 
+from ..transport import Cause as TCause
 from ..transport import Outcome
 
 
 class Cause(str, Enum):
-    OK = "ok"
-    FAILED = "failed"                # the node answered: the command or check failed
-    COULD_NOT_RUN = "could-not-run"  # no channel, no docker, sudo refused ...
-    TIMED_OUT = "timed-out"
-    UNREACHABLE = "unreachable"
-    REFUSED = "refused"              # deploy refuses to go on (drift, busy device ...)
-    SKIPPED = "skipped"              # not run: the node left the run earlier
+    """A step result's cause: the transport's causes (same values) plus two of the steps' own."""
+    OK = TCause.OK.value
+    FAILED = TCause.FAILED.value                # the node answered: the command or check failed
+    COULD_NOT_RUN = TCause.COULD_NOT_RUN.value  # no channel, no docker, sudo refused ...
+    TIMED_OUT = TCause.TIMED_OUT.value
+    UNREACHABLE = TCause.UNREACHABLE.value
+    INTERRUPTED = TCause.INTERRUPTED.value
+    REFUSED = "refused"                         # deploy refuses to go on (drift, busy device ...)
+    SKIPPED = "skipped"                         # not run: the node left the run earlier
 
 
 class Kind(str, Enum):
@@ -71,13 +73,11 @@ class NodeResult:
 
 def from_outcome(o: Outcome, what: str, fix: str = "") -> NodeResult:
     """A transport outcome as a step result; `what` says what was being done."""
-    if o.status == "ok":
+    cause = Cause(o.cause.value)
+    if cause is Cause.OK:
         return NodeResult(o.node, Cause.OK, what)
-    if o.status == "unreachable":
-        return NodeResult(o.node, Cause.UNREACHABLE, f"{what}: {o.reason}")
-    if o.rc is None:
-        cause = Cause.TIMED_OUT if "timed out" in o.reason else Cause.COULD_NOT_RUN
-        return NodeResult(o.node, cause, f"{what}: {o.reason}", fix)
+    if cause is not Cause.FAILED:
+        return NodeResult(o.node, cause, f"{what}: {o.reason}", fix if cause is not Cause.UNREACHABLE else "")
     detail = (o.stderr.strip() or o.stdout.strip() or o.reason).splitlines()
     tail = " | ".join(detail[-3:])[:600]
     return NodeResult(o.node, Cause.FAILED, f"{what} failed (exit {o.rc}): {tail}", fix)
@@ -128,10 +128,11 @@ class Runner:
         todo = self.live(nodes)
         self.events.step_started(kind, label, todo)
         t0 = time.monotonic()
-        results = dict(zip(todo, await asyncio.gather(*(fn(n) for n in todo))))
+        results = await self.cluster.each(todo, fn)  # interrupted: the unfinished nodes are missing
         for n in nodes:
             if n not in results:
-                results[n] = NodeResult(n, Cause.SKIPPED, f"skipped: {self.failed[n].message}")
+                results[n] = (NodeResult(n, Cause.SKIPPED, f"skipped: {self.failed[n].message}") if n in self.failed
+                              else NodeResult(n, Cause.INTERRUPTED, "interrupted"))
         report = StepReport(kind, label, results, time.monotonic() - t0)
         for r in report.failed:
             self.failed.setdefault(r.node, r)
@@ -152,9 +153,9 @@ class Runner:
 
 
 def exit_code(results: list[NodeResult], interrupted: int | None = None) -> int:
-    """0 ok, 1 something failed, 4 a node unreachable (4 wins), 130/143 interrupted."""
-    if interrupted:
-        return interrupted
-    if any(r.cause == Cause.UNREACHABLE for r in results):
-        return 4
-    return 0 if all(r.ok for r in results) else 1
+    """The commands' one exit-code rule (cliutil.exit_code) over step results: 0 ok, 1 something
+    failed, 4 a node unreachable (4 wins), 130/143 interrupted (given as that exit code)."""
+    from ..cliutil import exit_code as rule
+
+    return rule([r.cause.value for r in results if r.cause is not Cause.SKIPPED],
+                interrupted=interrupted - 128 if interrupted else None)

@@ -38,6 +38,7 @@ class UpOptions:
     skip_checks: bool = False
     recreate: bool = False
     only: list[str] | None = None
+    bundle_dir: str | None = None  # where a failed group's diagnostics go (the run folder)
 
 
 @dataclass
@@ -63,6 +64,8 @@ class Up:
         self.groups = [g for g in groups if not opts.only or g in opts.only]
         self.nodes = plan.nodes
         self.container_ids: dict[str, str] = {}
+        self.lost: dict[str, str] = {}  # nodes that became unreachable after the checks
+        self.said: set[tuple[str, str]] = set()  # live-triage findings already printed
         self.keep: set[str] = set()  # groups already healthy: left running
         self.started = time.monotonic()
         self.facts: dict | None = None      # check-network's collected facts (rank table input)
@@ -138,18 +141,25 @@ class Up:
     # ------------------------------------------------------------------ existing deployment
 
     async def _healthy_groups(self) -> set[str]:
-        """Groups whose every rank (from the ledger) is alive and, if it serves HTTP, healthy."""
+        """Groups whose every rank (from the ledger) is alive and, if it serves HTTP, healthy.
+        The leftovers of any other group a previous run started (interrupted or failed) are
+        stopped on all its nodes: they hold devices and a half-joined group never recovers."""
         if not self.ledger.ranks or self.ledger.plan != self.plan.to_json() or self.opts.recreate:
             return set()
         alive = await self._alive_map()
         healthy = set()
         for group, refs in by_group(self.refs).items():
             entries = [self.ledger.ranks.get(r.key) for r in refs]
-            if any(e is None or e.pid is None or not alive.get((r.node, e.pid)) for r, e in zip(refs, entries)):
-                continue
-            codes = await asyncio.gather(*(self._health(r) for r in http_ranks(refs)))
-            if all(c.ok for c in codes):
-                healthy.add(group)
+            live = [r for r, e in zip(refs, entries) if e is not None and e.pid and alive.get((r.node, e.pid))]
+            if len(live) == len(refs):
+                codes = await asyncio.gather(*(self._health(r) for r in http_ranks(refs)))
+                if all(c.ok for c in codes):
+                    healthy.add(group)
+                    continue
+            if live and group in self.groups:
+                self.progress.say(f"  group {group}: {len(live)} rank(s) of an earlier run are still there but the "
+                                  "group is not healthy; stopping them on all its nodes before starting it again")
+                await self._stop_group(refs)
         return healthy
 
     async def _alive_map(self) -> dict[tuple[str, int], bool]:
@@ -443,24 +453,31 @@ class Up:
 
     async def _readiness(self, pending: dict[str, float], groups: dict[str, list[RankRef]],
                          deadline: float, result: UpResult) -> None:
+        """Wait for every pending group; a group whose rank dies (or that misses its deadline) is
+        stopped on all its nodes and restarted as a whole, up to readiness.restarts times (a
+        headless node never recovers from a dead master), then marked failed with a diagnostic
+        bundle; healthy groups keep running."""
         self.progress.step_started(Kind.READINESS, f"readiness of {', '.join(pending)}", [])
         t0 = time.monotonic()
+        timeout = self.inv.readiness.timeout
         ready: dict[str, set[str]] = {g: set() for g in pending}
+        deadlines = {g: deadline for g in pending}
+        attempts = {g: 0 for g in pending}
         last_line: dict[str, str] = {}
         self.ledger.save()
         while pending:
             now = time.monotonic()
             alive, tails = await self._poll_processes([r for g in pending for r in groups[g]])
+            trouble: dict[str, tuple[RankRef, str]] = {}
             for g in list(pending):
+                lost = [r for r in groups[g] if r.node in self.lost]
                 dead = [r for r in groups[g] if not alive.get(r.key, False)]
-                if dead:
-                    r = dead[0]
-                    log = (await self._tails([r])).get(r.log, "")
-                    msg = f"{r.where()} exited before it was ready; last lines of {r.log}:\n" + _indent(log)
-                    result.failed_groups[g] = msg
-                    self._group_failed(g, msg, r.node)
-                    del pending[g]
-            checks = [(g, r) for g in pending for r in http_ranks(groups[g]) if r.key not in ready[g]]
+                if lost:
+                    trouble[g] = (lost[0], f"node {lost[0].node} became unreachable: {self.lost[lost[0].node]}")
+                elif dead:
+                    trouble[g] = (dead[0], f"{dead[0].where()} exited before the group was ready")
+            checks = [(g, r) for g in pending if g not in trouble for r in http_ranks(groups[g])
+                      if r.key not in ready[g]]
             answers = await asyncio.gather(*(self._health(r) for _, r in checks))
             for (g, r), a in zip(checks, answers):
                 if a.ok:
@@ -469,26 +486,54 @@ class Up:
                     if entry:
                         entry.ready = time.time()
             for g in list(pending):
-                need = {r.key for r in http_ranks(groups[g])}
-                if need <= ready[g]:
+                if g not in trouble and {r.key for r in http_ranks(groups[g])} <= ready[g]:
                     result.ready_seconds[g] = time.monotonic() - pending[g]
                     self.progress.say(f"  group {g}: ready in {result.ready_seconds[g]:.1f}s")
                     del pending[g]
-            for r in (r for g in pending for r in groups[g]):
-                if r.log in tails:
-                    last_line[r.key] = tails[r.log]
-            if pending and now > deadline:
-                for g in list(pending):
+                elif g not in trouble and now > deadlines[g]:
                     slow = [r for r in http_ranks(groups[g]) if r.key not in ready[g]]
                     r = slow[0] if slow else groups[g][0]
-                    log = (await self._tails([r])).get(r.log, "")
-                    msg = (f"group {g} not ready after {self.inv.readiness.timeout:g}s (readiness.timeout): "
-                           f"{len(ready[g])}/{len(http_ranks(groups[g]))} ranks answer /health; still waiting on "
-                           f"{r.where()}; last lines of {r.log}:\n" + _indent(log))
-                    result.failed_groups[g] = msg
-                    self._group_failed(g, msg, r.node)
-                    del pending[g]
-                break
+                    trouble[g] = (r, f"group {g} not ready after {timeout:g}s (readiness.timeout): "
+                                     f"{len(ready[g])}/{len(http_ranks(groups[g]))} ranks answer /health; "
+                                     f"still waiting on {r.where()}")
+            for g, (r, why) in trouble.items():
+                log = (await self._tails([r])).get(r.log, "") if r.node not in self.lost else ""
+                findings = _triage(log, r, self.inv.devices_per_node)
+                msg = why + (f"; last lines of {r.log}:\n" + _indent(log) if log else "")
+                if findings:
+                    msg += "\n" + "\n".join(f"    cause: {f}" for f in findings)
+                if attempts[g] < self.inv.readiness.restarts and r.node not in self.lost:
+                    attempts[g] += 1
+                    wait = min(2.0 ** attempts[g], 30.0)
+                    self.progress.say(f"  group {g}: {why}; stopping the group on all its nodes and restarting "
+                                      f"it in {wait:g}s (attempt {attempts[g]} of {self.inv.readiness.restarts})")
+                    await self._stop_group(groups[g])
+                    await asyncio.sleep(wait)
+                    res = await self._start_group(g, groups[g])
+                    if res is None:
+                        ready[g] = set()
+                        pending[g] = time.monotonic()
+                        deadlines[g] = pending[g] + timeout
+                        self.ledger.save()
+                        continue
+                    msg = f"{msg}\nrestart failed: {res.message}"
+                await self._stop_group(groups[g])  # never half a group left running
+                bundle = await self._bundle(g, groups[g], msg, findings)
+                if attempts[g]:
+                    msg += f"\n    (after {attempts[g]} group restart{'s' if attempts[g] > 1 else ''})"
+                if bundle:
+                    msg += f"\n    diagnostics: {bundle}"
+                result.failed_groups[g] = msg
+                self._group_failed(g, msg, r.node)
+                del pending[g]
+            for g in pending:  # live triage: a known failure line in a rank's log, said at once
+                for r in groups[g]:
+                    if r.log in tails:
+                        last_line[r.key] = tails[r.log]
+                        for line in _triage(tails[r.log], r, self.inv.devices_per_node):
+                            if (g, line) not in self.said:
+                                self.said.add((g, line))
+                                self.progress.say(f"  group {g}: {line}")
             if pending:
                 self.progress.waiting([self._wait_line(g, groups[g], ready[g], last_line, now) for g in pending])
                 self.ledger.save()
@@ -497,14 +542,62 @@ class Up:
         res = {n: NodeResult(n, Cause.OK, "ready") for n in self.nodes}
         for g, msg in result.failed_groups.items():
             for r in groups[g]:
-                res[r.node] = NodeResult(r.node, Cause.FAILED, msg.splitlines()[0],
-                                         "read the rank's log above; deploy teardown INVENTORY then fix and retry")
+                cause = Cause.UNREACHABLE if r.node in self.lost else Cause.FAILED
+                res[r.node] = NodeResult(r.node, cause, msg.splitlines()[0],
+                                         "read the rank's log and the diagnostics above; fix, then deploy up again "
+                                         "(healthy groups keep running)")
         report = StepReport(Kind.READINESS, "readiness", res, time.monotonic() - t0)
         self.runner.reports.append(report)
         self._record(report)
         if ok:
             self.progress.step_finished(report)
         self.ledger.save()
+
+    async def _stop_group(self, refs: list[RankRef]) -> None:
+        """SIGTERM every rank's process group of a DP group on all its nodes, SIGKILL what is left."""
+        by_node: dict[str, list[int]] = {}
+        for r in refs:
+            e = self.ledger.ranks.get(r.key)
+            if e and e.pid and r.node not in self.lost:
+                by_node.setdefault(r.node, []).append(e.pid)
+
+        async def one(node: str, pids: list[int]) -> None:
+            await self.cluster.run(node, nodeside.signal_groups(self.container, pids, "TERM"), timeout=60)
+            for _ in range(20):
+                a = await self.cluster.run(node, nodeside.alive(self.container, pids), timeout=60)
+                if not any(nodeside.parse_alive(a.stdout).values()):
+                    return
+                await asyncio.sleep(0.5)
+            await self.cluster.run(node, nodeside.signal_groups(self.container, pids, "KILL"), timeout=60)
+
+        await asyncio.gather(*(one(n, p) for n, p in by_node.items()))
+
+    async def _bundle(self, group: str, refs: list[RankRef], msg: str, findings: list) -> str:
+        """A local folder with what a person needs to see why the group failed: every rank's log
+        tail, npu-smi info and the link/TLS state of the group's devices per node, the plan, the
+        reason and the matched signatures."""
+        if self.opts.bundle_dir is None:
+            return ""
+        from pathlib import Path
+
+        root = Path(self.opts.bundle_dir) / f"diagnostics-{group}"
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            (root / "reason.txt").write_text(msg + "\n" + "".join(f"signature: {f}\n" for f in findings))
+            (root / "plan.json").write_text(json.dumps(self.plan.to_json(), indent=1))
+            live = [r for r in refs if r.node not in self.lost]
+            for r, text in zip(live, await asyncio.gather(*(self._tail_file(r.node, r.log, 200) for r in live))):
+                (root / f"rank-{r.key}.log").write_text(text + "\n")
+            for node in sorted({r.node for r in live}):
+                devs = sorted({d for r in refs if r.node == node for d in r.rank.devices})
+                script = "echo '== npu-smi info'; npu-smi info 2>&1\n" + "".join(
+                    f"echo '== device {d}'; hccn_tool -i {d} -link -g 2>&1; hccn_tool -i {d} -tls -g 2>&1 | head -n 1\n"
+                    for d in devs)
+                o = await self.cluster.run_script(node, script, timeout=120)
+                (root / f"{node}-npu.txt").write_text(o.stdout + o.stderr)
+        except OSError as e:
+            return f"(could not write the diagnostics to {root}: {e})"
+        return str(root)
 
     def _group_failed(self, group: str, msg: str, node: str) -> None:
         self.progress.say(f"  FAILED group {group} ({node}): {msg}")
@@ -530,6 +623,8 @@ class Up:
             script = shlex.join(nodeside.alive(self.container, [p for p in pids if p])) + "\n"
             script += nodeside.tail_script([r.log for r in mine], 1)
             o = await self.cluster.run_script(node, script, timeout=60)
+            if o.status == "unreachable":
+                self.lost[node] = o.reason
             states = nodeside.parse_alive(o.stdout)
             t = nodeside.parse_tails(o.stdout)
             for r in mine:
@@ -584,8 +679,8 @@ class Up:
             f"last lines of {nodepaths.proxy_log(self.inv)}:\n" + _indent(log))}, time.monotonic() - t0))
         return False
 
-    async def _tail_file(self, node: str, path: str) -> str:
-        o = await self.cluster.run_script(node, nodeside.tail_script([path], LOG_TAIL), timeout=60)
+    async def _tail_file(self, node: str, path: str, lines: int = LOG_TAIL) -> str:
+        o = await self.cluster.run_script(node, nodeside.tail_script([path], lines), timeout=60)
         return nodeside.parse_tails(o.stdout).get(path, "")
 
     async def _warmup(self) -> bool:
@@ -695,6 +790,17 @@ def container_drift(current: dict, spec: ContainerPlan) -> list[str]:
     if mode and mode != "host":
         diff.append(f"network {mode} (plan: host)")
     return diff
+
+
+def _triage(log: str, ref: RankRef | None = None, npus: int | None = None) -> list[str]:
+    """Known failure signatures in a log tail (orchestrator.triage): one line each, naming the
+    node and devices, with the cause and the fix."""
+    from .. import triage
+
+    found = triage.match(log, npus_per_node=npus)
+    if ref is None:
+        return [f"{f.cause} Fix: {f.fix}" for f in found]
+    return [f.headline(ref.node, ref.rank.devices) for f in found]
 
 
 def _indent(text: str) -> str:

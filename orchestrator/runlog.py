@@ -60,12 +60,14 @@ def run_dir(inventory, command: str, now: datetime | None = None) -> Path:
     base = state_dir()
     runs = inside(inside(base, inventory_name), "runs")
     try:
-        runs.mkdir(parents=True, exist_ok=True)
+        runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for private in (runs.parent, runs):  # logs, ledger and plans may hold secrets: not world-readable
+            os.chmod(private, 0o700)
         prune(runs, keep_runs() - 1)
         for n in range(1, 1000):
             path = runs / (f"{stamp}-{command}" if n == 1 else f"{stamp}-{command}-{n}")
             try:
-                path.mkdir()
+                path.mkdir(mode=0o700)
                 return path
             except FileExistsError:
                 continue

@@ -338,3 +338,76 @@ def test_ctrl_c_during_up_leaves_a_ledger_then_up_resumes_and_teardown_converges
         code, td = small.json("teardown", small.inventory)
         assert code == 0, td
         small.assert_nothing_left()
+
+
+def test_unreachable_node_refuses_up_exit_4_naming_it(small):
+    small.fault("p1", "unreachable")
+    try:
+        code, doc = small.json("up", small.inventory)
+        assert code == 4 and not doc["ok"]
+        bad = {n: r for s in doc["steps"] for n, r in s["nodes"].items() if r["cause"] == "unreachable"}
+        assert "p1" in bad and "refused" in bad["p1"]["message"]
+    finally:
+        small.fault("p1", "clear-ssh")
+    ps = small.node_exec("docker", "ps", "-a", "-q")
+    assert all(o["stdout"].strip() == "" for o in ps.values()), "launched despite an unreachable node"
+
+
+def test_dead_backend_after_up_shows_in_status_and_a_node_lost_in_teardown_is_named(small):
+    code, doc = small.json("up", small.inventory)
+    assert code == 0, json.dumps(doc)[:2000]
+    try:
+        name = "vllm-" + small.inv["name"]
+        pid = small.node_exec("sh", "-c", 'cat "$DEPLOY_NODE_ROOT/var/tmp/deploy/$1/rank-d-d1-3.pid"', "sh",
+                              small.inv["name"], nodes="d1")["d1"]["stdout"].strip()
+        killed = small.node_exec("docker", "exec", name, "sh", "-c", 'kill -9 -"$1"', "sh", pid, nodes="d1")
+        assert killed["d1"]["status"] == "ok", killed
+        code, st = small.json("status", small.inventory)
+        assert code == 1 and not st["ok"]
+        dead = [r for r in st["ranks"] if not r["healthy"]]
+        assert [(r["node"], r["group"], r["dp_rank"]) for r in dead] == [("d1", "d", 19)]
+        small.fault("d0", "unreachable")
+        code, td = small.json("teardown", small.inventory)
+        assert code == 4 and not td["ok"]
+        lost = {n for s in td["steps"] for n, r in s["nodes"].items() if r["cause"] == "unreachable"}
+        assert lost == {"d0"}
+    finally:
+        small.fault("d0", "clear-ssh")
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td
+        small.assert_nothing_left()
+
+
+TINY_PD = """\
+name: tiny-pd
+soc: a2
+nodes:
+  p0: {host: 10.1.0.1, nic: eth0}
+  d0: {host: 10.1.0.2, nic: eth0}
+container: {image: quay.io/ascend/vllm-ascend:v0.18.0, mounts: ["/weights:/weights"]}
+model: {path: /weights/m, served_name: m}
+kv_transfer: {connector: MooncakeConnectorV1, extra: {decode: {dp_size: 4}}}
+groups:
+  - {name: p, role: prefill, nodes: [p0], dp: 1, tp: 8, kv_port: 40000}
+  - {name: d, role: decode, nodes: [d0], dp: 8, tp: 1, kv_port: 40100}
+proxy: {node: p0, port: 1999}
+readiness: {timeout: 20, restarts: 0}
+"""
+
+
+def test_kv_extra_config_mismatch_is_named_with_its_fix(tmp_path):
+    """kv_transfer.extra overriding the decode dp_size: every rank refuses at start with the
+    real ValueError; up fails the groups at once (no restart: readiness.restarts 0), says why."""
+    src = tmp_path / "tiny.yaml"
+    src.write_text(TINY_PD)
+    sim = Sim(src, MODES[-1], readiness_timeout=20)
+    try:
+        p = sim.run("up", sim.inventory)
+        assert p.returncode == 1
+        assert "KV transfer 'decode' config has a conflicting data parallel size" in p.stderr
+        assert "Fix:" in p.stderr
+        code, td = sim.json("teardown", sim.inventory)
+        assert code == 0 and td["ok"]
+        sim.assert_nothing_left()
+    finally:
+        sim.down()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -140,3 +141,17 @@ def test_signal_groups_kills_a_process_group_under_dash():
     assert argv[:3] == ["docker", "exec", "c"]
     subprocess.run(["/bin/sh", "-c", argv[5], *argv[6:]], check=True)
     assert p.wait(timeout=5) != 0
+
+
+@pytest.mark.parametrize("command", ["up", "status", "teardown"])
+def test_an_unwritable_state_folder_stops_before_any_node_is_touched(tmp_path, command):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("x")  # the state folder would have to be made inside a file
+    p = subprocess.run([sys.executable, "-m", "orchestrator", command, "inventories/dsv31-a3-2p1d.yaml", "--json"],
+                       capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "DEPLOY_STATE_DIR": str(blocker / "state")},
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert p.returncode == 1
+    doc = json.loads(p.stdout)
+    assert doc["ok"] is False and str(blocker) in doc["error"]
+    assert "Traceback" not in p.stderr

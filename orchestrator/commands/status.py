@@ -7,9 +7,9 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..launch.session import emit, launched_plan, run_async
+from ..launch.session import run_dir_or_exit, emit, launched_plan, run_async
 from ..launch.status import Status, collect_status
-from ..runlog import run_dir
+
 from ..transport import Cluster
 
 
@@ -21,7 +21,7 @@ def command(inventory: str, as_json: bool) -> None:
     waiting requests and KV-cache use; the proxy; the containers.
     Exit 0 all healthy, 1 otherwise, 4 a node unreachable."""
     plan, ledger, source = launched_plan(inventory, as_json)
-    logs = run_dir(plan.inventory, "status")
+    logs = run_dir_or_exit(plan.inventory, "status", as_json)
 
     async def go():
         async with Cluster(plan.inventory, plan.nodes, log_dir=logs) as cluster:

@@ -5,12 +5,11 @@ import sys
 
 import click
 
-from ..launch.ledger import LockHeld, deployment_lock
 from ..launch.progress import Progress
-from ..launch.session import emit, launched_plan, run_async
+from ..launch.session import emit, lock_or_exit, run_dir_or_exit, launched_plan, run_async
 from ..launch.steps import exit_code
 from ..launch.teardown import GRACE, Teardown, TeardownOptions
-from ..runlog import run_dir
+
 from ..transport import Cluster
 
 
@@ -27,13 +26,8 @@ def command(inventory: str, keep_containers: bool, grace: float, as_json: bool) 
     4 a node unreachable. Safe to repeat; works with no ledger (falls back to the plan)."""
     plan, ledger, source = launched_plan(inventory, as_json)
     progress = Progress(quiet=as_json)
-    logs = run_dir(plan.inventory, "teardown")
-    try:
-        lock = deployment_lock(plan.name, "teardown")
-        lock.__enter__()
-    except LockHeld as e:
-        (emit({"ok": False, "exit_code": 1, "error": str(e)}) if as_json else click.echo(f"error: {e}", err=True))
-        sys.exit(1)
+    logs = run_dir_or_exit(plan.inventory, "teardown", as_json)
+    lock = lock_or_exit(plan.name, "teardown", as_json)
     holder: dict = {}
 
     async def go():
@@ -64,6 +58,6 @@ def command(inventory: str, keep_containers: bool, grace: float, as_json: bool) 
         if clean:
             say(f"[bold green]clean[/bold green]: nothing of {plan.name} runs; NPUs and ports are free")
         else:
-            say(f"[bold red]NOT clean[/bold red]: see the nodes named above")
+            say("[bold red]NOT clean[/bold red]: see the nodes named above")
         say(f"logs: {logs}", markup=False)
     sys.exit(code)

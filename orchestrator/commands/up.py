@@ -6,12 +6,12 @@ import sys
 
 import click
 
-from ..launch.ledger import Ledger, LockHeld, deployment_lock
+from ..launch.ledger import Ledger
 from ..launch.progress import Progress
-from ..launch.session import emit, plan_from_file, run_async
+from ..launch.session import emit, lock_or_exit, run_dir_or_exit, plan_from_file, run_async
 from ..launch.steps import exit_code
 from ..launch.up import Up, UpOptions
-from ..runlog import run_dir
+
 from ..transport import Cluster
 
 
@@ -32,16 +32,8 @@ def command(inventory: str, skip_checks: bool, recreate: bool, only: tuple[str, 
     if unknown:
         raise click.BadParameter(f"no group {', '.join(unknown)} (groups: {', '.join(groups)})", param_hint="--only")
     progress = Progress(quiet=as_json)
-    logs = run_dir(plan.inventory, "up")
-    try:
-        lock = deployment_lock(plan.name, "up")
-        lock.__enter__()
-    except LockHeld as e:
-        if as_json:
-            emit({"ok": False, "exit_code": 1, "error": str(e)})
-        else:
-            click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+    logs = run_dir_or_exit(plan.inventory, "up", as_json)
+    lock = lock_or_exit(plan.name, "up", as_json)
     try:
         ledger = Ledger.load(plan.name) or Ledger(plan.name)
     except ValueError as e:
@@ -88,8 +80,8 @@ def command(inventory: str, skip_checks: bool, recreate: bool, only: tuple[str, 
 def _summary(doc: dict, progress: Progress) -> None:
     say = progress.console.print
     if doc.get("interrupted"):
-        say(f"[bold yellow]interrupted[/bold yellow]: the ledger records what was started; "
-            f"`deploy up` again continues, `deploy teardown` stops it all")
+        say("[bold yellow]interrupted[/bold yellow]: the ledger records what was started; "
+            "`deploy up` again continues, `deploy teardown` stops it all")
     elif doc["ok"]:
         if doc["nothing_to_do"]:
             say(f"[bold green]serving[/bold green] {doc['endpoint']} (nothing to do)")

@@ -7,6 +7,7 @@ import json
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -51,6 +52,7 @@ def launched_plan(path: str, as_json: bool) -> tuple[Plan, Ledger | None, str]:
     from ..inventory import parse_inventory
 
     plan, _text = plan_from_file(path, as_json)
+    run_dir_or_exit(plan.inventory, "state", as_json, probe=True)
     try:
         ledger = Ledger.load(plan.name)
     except ValueError as e:
@@ -87,3 +89,43 @@ def run_async(coro):
         return None, 143 if terminated["flag"] else 130
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def run_dir_or_exit(inventory, command: str, as_json: bool, probe: bool = False):
+    """The run folder; a state folder that cannot be written (full, read-only) stops the
+    command before it touches a node, naming the folder (the ledger must be writable).
+    `probe`: only check that the deployment's folder can be made."""
+    from ..runlog import StateError, run_dir, state_dir
+    from .ledger import deployment_dir
+
+    try:
+        if probe:
+            try:
+                return deployment_dir(inventory.name)
+            except OSError as e:
+                raise StateError(state_dir(), e) from None
+        return run_dir(inventory, command)
+    except StateError as e:
+        fail(str(e), as_json)
+
+
+def fail(message: str, as_json: bool, code: int = 1) -> NoReturn:
+    """One error line (or one JSON object under --json), then exit."""
+    if as_json:
+        emit({"ok": False, "exit_code": code, "error": message})
+    else:
+        click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def lock_or_exit(name: str, command: str, as_json: bool):
+    """Take the deployment's lock for this command (released by `.__exit__`), or exit 1
+    naming the holder: a second up/teardown of the same inventory is refused at once."""
+    from .ledger import LockHeld, deployment_lock
+
+    lock = deployment_lock(name, command)
+    try:
+        lock.__enter__()
+    except LockHeld as e:
+        fail(str(e), as_json)
+    return lock

@@ -39,6 +39,7 @@ from datetime import datetime, timezone
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import image  # noqa: E402  (DIR/runtime/image.py)
 from docker_cli import Fail, Opts, ago, daemon_error, last, render, table  # noqa: E402
+from occupancy import alive, proc_state  # noqa: E402,F401  (one /proc reading for the runtime)
 
 ROOT = os.environ.get("DEPLOY_SIM_ROOT", "")
 NODE = os.environ.get("DEPLOY_SIM_NODE", "")
@@ -101,18 +102,6 @@ def read_json(path: str, default=None):  # type: ignore[no-untyped-def]
 
 
 # ---------------------------------------------------------------------------- processes
-
-
-def proc_state(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rpartition(b")")[2].split()[0].decode()
-    except (OSError, IndexError):
-        return ""
-
-
-def alive(pid: int) -> bool:
-    return bool(pid) and proc_state(pid) not in ("", "Z", "X")
 
 
 def userns(pid: int) -> str:

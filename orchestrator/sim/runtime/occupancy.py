@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 
-def _state_letter(pid: int) -> str:
+def proc_state(pid: int) -> str:
+    """The state letter of /proc/PID/stat ("" when there is no such process)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             return f.read().rpartition(b")")[2].split()[0].decode()
@@ -28,7 +29,7 @@ def _state_letter(pid: int) -> str:
 
 def alive(pid: int) -> bool:
     """Running and not a zombie (PID 1 here reaps slowly)."""
-    return _state_letter(pid) not in ("", "Z", "X")
+    return bool(pid) and proc_state(pid) not in ("", "Z", "X")
 
 
 @contextlib.contextmanager

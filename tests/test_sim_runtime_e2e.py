@@ -46,7 +46,7 @@ groups:
 proxy: {{node: p0, port: 1999}}
 """
 START = 'setsid sh "$1" </dev/null >"$2" 2>&1 & echo $! >"$3"'
-TIME_FACTOR = "0.01"  # the 5-minute handshake: 3 s; VLLM_ENGINE_READY_TIMEOUT_S 600: 6 s
+TIME_FACTOR = "0.05"  # vLLM's limits x 0.05: the 5-minute handshake 15 s, VLLM_ENGINE_READY_TIMEOUT_S 600: 30 s
 
 
 def deploy(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -67,16 +67,20 @@ class Deployment:
         self.root = self.base / "sim"
         p = deploy("sim", "up", str(self.base / "inv.yaml"), "--dir", str(self.root), "--sshd", mode,
                    "--startup", startup, "--time-factor", time_factor)
-        assert p.returncode == 0, p.stderr
-        self.inventory = p.stdout.strip().splitlines()[-1]
-        self.inv = yaml.safe_load(Path(self.inventory).read_text())
-        self.scripts = {n: plan_sections(deploy("plan", self.inventory, "--script", n).stdout) for n in self.inv["nodes"]}
-        from orchestrator.inventory import load_inventory
-        from orchestrator.plan import make_plan
+        try:
+            assert p.returncode == 0, p.stderr
+            self.inventory = p.stdout.strip().splitlines()[-1]
+            self.inv = yaml.safe_load(Path(self.inventory).read_text())
+            self.scripts = {n: plan_sections(deploy("plan", self.inventory, "--script", n).stdout) for n in self.inv["nodes"]}
+            from orchestrator.inventory import load_inventory
+            from orchestrator.plan import make_plan
 
-        self.plan = make_plan(load_inventory(self.inventory))
-        self.state = f"/var/tmp/deploy/{self.inv['name']}"
-        self.name = f"vllm-{self.inv['name']}"
+            self.plan = make_plan(load_inventory(self.inventory))
+            self.state = f"/var/tmp/deploy/{self.inv['name']}"
+            self.name = f"vllm-{self.inv['name']}"
+        except BaseException:  # never leave a sim running behind a failed set-up
+            self.down()
+            raise
 
     # -- commands over SSH
     def on(self, node: str, *argv: str, timeout: float = 60) -> dict:
@@ -108,8 +112,13 @@ class Deployment:
         o = self.on(node, *scripts.sitecustomize_install_argv(self.plan, node))
         assert o["status"] == "ok", o
 
-    def write_scripts(self, node: str) -> None:
+    def write_scripts(self, node: str, env: dict[str, str] | None = None) -> None:
+        """The node's scripts from `deploy plan --script`; `env`: exports added at the top, as a
+        user would for one try."""
         for name, text in self.scripts[node]["files"].items():
+            if env:
+                first, _, rest = text.partition("\n")
+                text = first + "\n" + "".join(f"export {k}={v}\n" for k, v in env.items()) + rest
             o = self.sh(node, 'mkdir -p "$DEPLOY_NODE_ROOT$(dirname "$1")" && printf %s "$2" > "$DEPLOY_NODE_ROOT$1"',
                         f"{self.state}/{name}", text)
             assert o["status"] == "ok", o
@@ -248,7 +257,7 @@ def test_right_order_serves_a_completion_through_the_proxy(fresh):
 def test_missing_rank_hangs_then_times_out(fresh):
     d = fresh
     d.container("d0")
-    d.write_scripts("d0")
+    d.write_scripts("d0", {"VLLM_ENGINE_READY_TIMEOUT_S": "60"})  # x time factor: 3 s
     d.start("d0", d.ranks("d0")[0])  # d1's rank never comes
     time.sleep(1)
     assert http(d.addr("d0"), 7200, "/health", timeout=2)[0] != 200  # hangs: not healthy

@@ -252,7 +252,7 @@ def _write_keys(sim: Sim) -> None:
         pub = _write_key(host_key_path(sim.dir, name), f"{name}@deploy-sim")
         known.append(f"{_known_hosts_name(n.addr, n.port)} {pub}")
         authorized_keys_path(sim.dir, name).write_text(client_pub)
-    (keys / "known_hosts").write_text("".join(known))
+    known_hosts_path(sim.dir).write_text("".join(known))
 
 
 def fault(root: str | Path, node: str, name: str, device: int | None = None) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 
 from ..inventory import SOC_DEVICES
-from .layout import client_key_path
+from .layout import client_key_path, known_hosts_path
 from .manifest import Sim
 
 
@@ -35,6 +35,6 @@ def sim_inventory(raw: dict, sim: Sim) -> dict:
     for key in ("jump", "sudo"):
         ssh.pop(key, None)
     ssh.update(user=sim.user, port=sim.port, identity_file=str(client_key_path(sim.dir)),
-               known_hosts=str(sim.dir / "keys" / "known_hosts"))
+               known_hosts=str(known_hosts_path(sim.dir)))
     data["ssh"] = ssh
     return data

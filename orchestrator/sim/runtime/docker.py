@@ -38,6 +38,7 @@ from datetime import datetime, timezone
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import image  # noqa: E402  (DIR/runtime/image.py)
+from docker_cli import Fail, Opts, ago, daemon_error, last, render, table  # noqa: E402
 from occupancy import alive, proc_state  # noqa: E402,F401  (one /proc reading for the runtime)
 
 ROOT = os.environ.get("DEPLOY_SIM_ROOT", "")
@@ -45,28 +46,11 @@ NODE = os.environ.get("DEPLOY_SIM_NODE", "")
 RUNTIME = os.path.dirname(os.path.abspath(__file__))
 HOST_DIRS = ("usr/bin", "usr/sbin", "usr/lib", "usr/lib32", "usr/lib64", "usr/libexec", "usr/share")
 TOP_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-ETC_COPY = ("passwd", "group", "hosts", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d",
-            "alternatives", "localtime", "ssl")
+ETC_COPY = ("passwd", "group", "hosts", "nsswitch.conf", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime")
+ETC_BIND = ("alternatives", "ssl")  # hundreds of symlinks each: bound from the host, not copied
 UNSHARE = shutil.which("unshare", path="/usr/bin:/bin") or "/usr/bin/unshare"
 NSENTER = shutil.which("nsenter", path="/usr/bin:/bin") or "/usr/bin/nsenter"
 NODE_DEVICES = ("/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc")
-
-
-class Fail(Exception):
-    """Print the message to stderr and exit with the code."""
-
-    def __init__(self, msg: str, code: int = 1):
-        super().__init__(msg)
-        self.msg, self.code = msg, code
-
-
-def daemon_error(msg: str) -> str:
-    return f"Error response from daemon: {msg}"
-
-
-def usage_error(cmd: str, usage: str, msg: str) -> Fail:
-    return Fail(f"{msg}\n\nUsage:  docker {cmd} {usage}\n\nRun 'docker {cmd} --help' for more information",
-                125 if cmd == "run" else 1)
 
 
 # ---------------------------------------------------------------------------- node paths
@@ -300,77 +284,6 @@ def pull(ref: str, out) -> dict:  # type: ignore[no-untyped-def]
 # ---------------------------------------------------------------------------- option parsing
 
 
-class Opts:
-    """docker's flag syntax: --opt value, --opt=value, -o value, -ovalue, -abc (bool shorts)."""
-
-    def __init__(self, cmd: str, usage: str, values: dict[str, str], bools: dict[str, str]):
-        self.cmd, self.usage, self.values, self.bools = cmd, usage, values, bools
-        self.interspersed = cmd not in ("run", "exec")  # as cobra: run/exec stop at the image/container
-
-    def parse(self, argv: list[str], min_args: int) -> tuple[dict[str, list], list[str]]:
-        got: dict[str, list] = {}
-        positional: list[str] = []
-        i = 0
-        while i < len(argv):
-            a = argv[i]
-            if a == "--":
-                i += 1
-                break
-            if not a.startswith("-") or a == "-":
-                if not self.interspersed:
-                    break
-                positional.append(a)
-                i += 1
-                continue
-            if a.startswith("--"):
-                name, eq, val = a[2:].partition("=")
-                key = "--" + name
-                if key in self.values:
-                    if not eq:
-                        i += 1
-                        if i >= len(argv):
-                            raise usage_error(self.cmd, self.usage, f"flag needs an argument: {key}")
-                        val = argv[i]
-                    got.setdefault(self.values[key], []).append(val)
-                elif key in self.bools:
-                    got.setdefault(self.bools[key], []).append(val.lower() not in ("false", "0") if eq else True)
-                else:
-                    raise usage_error(self.cmd, self.usage, f"unknown flag: {key}")
-            else:
-                j = 1
-                while j < len(a):
-                    key = "-" + a[j]
-                    if key in self.values:
-                        val = a[j + 1:]
-                        if val.startswith("="):
-                            val = val[1:]
-                        if not val:
-                            i += 1
-                            if i >= len(argv):
-                                raise usage_error(self.cmd, self.usage,
-                                                  f"flag needs an argument: '{a[j]}' in {key}")
-                            val = argv[i]
-                        got.setdefault(self.values[key], []).append(val)
-                        break
-                    if key in self.bools:
-                        got.setdefault(self.bools[key], []).append(True)
-                        j += 1
-                        continue
-                    raise usage_error(self.cmd, self.usage, f"unknown shorthand flag: '{a[j]}' in {a}")
-            i += 1
-        rest = positional + argv[i:]
-        if len(rest) < min_args:
-            what = "argument" if min_args == 1 else "arguments"
-            raise Fail(f"docker: 'docker {self.cmd}' requires at least {min_args} {what}\n\n"
-                       f"Usage:  docker {self.cmd} {self.usage}\n\nSee 'docker {self.cmd} --help' for more information",
-                       1 if self.cmd != "run" else 125)
-        return got, rest
-
-
-def last(got: dict, key: str, default=None):  # type: ignore[no-untyped-def]
-    return got[key][-1] if got.get(key) else default
-
-
 def ram_bytes(text: str) -> int:
     m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([bkmgtp]?)b?", text.strip().lower())
     if not m:
@@ -569,6 +482,9 @@ def mount_plan(rec: dict) -> list[tuple[str, str, bool, bool]]:
             plan.append(("/" + d, os.path.join(rootfs, d), True, False))
     for d in ("dev", "proc", "sys"):
         plan.append(("/" + d, os.path.join(rootfs, d), True, False))
+    for d in ETC_BIND:
+        if os.path.isdir("/etc/" + d):
+            plan.append(("/etc/" + d, os.path.join(rootfs, "etc", d), True, False))
     plan.append((ROOT, rootfs + ROOT, False, False))
     binds = []
     for spec in rec["HostConfig"]["Binds"]:
@@ -760,21 +676,6 @@ def cmd_ps(argv: list[str]) -> int:
     return 0
 
 
-def ago(ts: str) -> str:
-    try:
-        t = datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
-    except ValueError:
-        return ""
-    s = int((datetime.now(timezone.utc) - t).total_seconds())
-    if s < 1:
-        return "Less than a second"
-    if s < 60:
-        return f"{s} seconds"
-    if s < 3600:
-        return "About a minute" if s < 120 else f"{s // 60} minutes"
-    return "About an hour" if s < 7200 else f"{s // 3600} hours"
-
-
 def ps_fields(r: dict, trunc: bool) -> dict[str, str]:
     st = r["State"]
     if st["Status"] == "running":
@@ -791,42 +692,6 @@ def ps_fields(r: dict, trunc: bool) -> dict[str, str]:
             "State": st["Status"], "Ports": "", "Names": r["Name"].lstrip("/"), "Size": "0B",
             "Mounts": ",".join(m["Source"] for m in r["Mounts"]), "Networks": r["HostConfig"]["NetworkMode"],
             "Labels": ",".join(f"{k}={v}" for k, v in r["Config"]["Labels"].items())}
-
-
-def table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-
-
-def _go(value) -> str:  # type: ignore[no-untyped-def]
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "<no value>"
-    if isinstance(value, list):
-        return "[" + " ".join(_go(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "map[" + " ".join(f"{k}:{_go(v)}" for k, v in value.items()) + "]"
-    return str(value)
-
-
-def render(fmt: str, fields: dict, obj: dict) -> str:
-    """Go-template subset: {{.Field}}, {{.A.B}}, {{json .A}}, {{json .}}; a `table ` prefix is dropped."""
-    fmt = fmt.removeprefix("table ").replace("\\t", "\t").replace("\\n", "\n")
-
-    def sub(m: re.Match) -> str:
-        fn, path = (m.group(1) or "").strip(), m.group(2)
-        value: object = obj
-        keys = [k for k in path.split(".") if k]
-        if len(keys) == 1 and keys[0] in fields:
-            value = fields[keys[0]]
-        else:
-            for k in keys:
-                value = value.get(k) if isinstance(value, dict) else None
-        return json.dumps(value, separators=(",", ":")) if fn == "json" else _go(value)
-
-    return re.sub(r"\{\{\s*(json\s+)?(\.[A-Za-z0-9_.]*)\s*\}\}", sub, fmt)
 
 
 def public(rec: dict) -> dict:

@@ -146,8 +146,11 @@ class Engine:
             self.join()
         else:
             self.members = [self.own]
-        self.check_memory_and_claim()
+        # the group's HCCL checks first: every member has the member list at once, so a TLS
+        # mismatch is seen (EI0016) by every rank before one's exit tears the group down; the
+        # device memory check that follows takes the node lock one engine at a time
         self.hccl_checks()
+        self.check_memory_and_claim()
         if spec.get("connector") == "LLMDataDistCMgrConnector":
             self.llmdatadist_table()
         ptp, dtp = spec.get("prefill_tp"), spec.get("decode_tp")

@@ -7,7 +7,7 @@ plane, A3 Super Pod fields) before it is written anywhere. No I/O here: `deploy 
 `deploy up` collect the facts (checks/network.py `collect`, one SSH round) and write the text of
 `render_table`; `table_hash` is what `status` compares with the file on the node.
 
-Formats (../shared/reference/vllm-ascend.md §1.3, ascend-tools.md §4):
+Formats (vllm-ascend's gen_ranktable.py output; HCCL rank table v1.0 / v1.2):
 - `pd`: the global P/D table of vllm-ascend's `gen_ranktable.py` (llmdatadist era). Prefill
   devices first, then decode; `cluster_id` 1-based in that order; A2 `device_ip` = `hccn_tool
   -ip -g`, A3 `device_ip` = the vNIC IP (`-vnic -g`) plus `super_pod_id` / `super_device_id`

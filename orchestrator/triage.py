@@ -1,8 +1,8 @@
 """Live triage: known failure signatures of a vLLM-Ascend bring-up, as one data table.
 
 Why: on a real cluster the bring-up fails often and in known ways, each with a recognisable log
-line (../shared/reference/vllm-ascend.md §6, upstream-bringup.md "Field complaints", the HCCL
-error codes of ascend-tools.md §6). An operator should read "which node, which device, why, what
+line (vllm-ascend's issue threads and multi-node failure reports, the HCCL
+error codes (EI0001..EI0020). An operator should read "which node, which device, why, what
 to change" while `deploy up` is still waiting, not after an hour of reading rank logs. `up` and
 `status` feed each rank's log tail to `match()` and print the findings with the rank's node (and
 device, from the plan, when the line does not name one).

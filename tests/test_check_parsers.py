@@ -1,4 +1,4 @@
-"""Parsers against the real output formats of shared/reference/ascend-tools.md, including the
+"""Parsers against the real output formats of hccn_tool / npu-smi (HDK 25.2.0), including the
 variants real releases print (§8: CRLF, `Socket failed`, `netdetect addr`, `packets loss`)."""
 from orchestrator.checks import parsers as P
 from orchestrator.checks.facts import parse_sections

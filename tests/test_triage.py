@@ -2,7 +2,7 @@
 
 Why: a signature that silently stops matching the real text is worse than none (the operator is
 told nothing while the bring-up hangs). Every case feeds a line quoted in
-../shared/reference/{vllm-ascend.md §6, upstream-bringup.md, ascend-tools.md §6} (elisions "…"
+the project's reference notes on vllm-ascend failures, upstream bring-up and HCCL error codes (elisions "…"
 of the references filled with plausible values) or printed by the fake vllm
 (orchestrator/sim/runtime/vllm*.py, docs/simulator-runtime.md), and checks the finding named and
 the values pulled out of it. A healthy start-up log must give no finding, and

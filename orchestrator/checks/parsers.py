@@ -1,4 +1,4 @@
-"""Parsers for `hccn_tool` and `npu-smi` output (formats: shared/reference/ascend-tools.md).
+"""Parsers for `hccn_tool` and `npu-smi` output (the formats of HDK 25.2.0; docs/simulator-tools.md).
 
 Tolerant where real releases differ (§8): case of UP/DOWN, `Socket fail(ed)`, `netdetect
 addr(ess)`, `packet(s) loss`, CRLF and trailing blanks, empty stdout with rc != 0. Never fixed

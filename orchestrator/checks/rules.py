@@ -1,7 +1,7 @@
 """The judgement: facts -> checks with the observed line, the reason and the fix command.
 
 Pure functions over `NodeFacts`, so every rule is unit-testable from captured tool output.
-Thresholds follow shared/reference/ascend-tools.md (net health: pass Success, warn Init and
+Thresholds follow the Ascend tools' documented meanings (net health: pass Success, warn Init and
 Detect ip set) and vllm-ascend.md §5.1 / §6 (TLS identical everywhere, hccn.conf = live IP).
 """
 from __future__ import annotations

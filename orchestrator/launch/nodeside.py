@@ -12,10 +12,7 @@ import shlex
 
 from .. import nodepaths
 
-# `setsid` makes the rank its own session and process group (killed as one), detached from
-# docker exec and from the SSH channel; its PID (= PGID) goes to the pid file.
-_START = 'setsid sh "$1" </dev/null >"$2" 2>&1 & echo $! >"$3"; echo "$!"'
-# Per PID: "<pid> <state letter>" ("-" when gone); zombies count as gone.
+# Per PID: "<pid> <state letter>" ("-" when gone); zombies count as gone (PID 1 reaps slowly).
 _ALIVE = ('for p in "$@"; do s=$(sed "s/.*) //" /proc/"$p"/stat 2>/dev/null | cut -d" " -f1); '
           'echo "$p ${s:--}"; done')
 
@@ -24,12 +21,8 @@ def docker_exec(container: str, *argv: str) -> list[str]:
     return ["docker", "exec", container, *argv]
 
 
-def start_detached(container: str, script: str, log: str, pidfile: str) -> list[str]:
-    """Run `sh SCRIPT` in the container in its own session; prints its PID."""
-    return docker_exec(container, "sh", "-c", _START, "sh", script, log, pidfile)
-
-
-# Many at once: arguments are (script, log, pidfile) triples; prints "<pidfile> <pid>" per start.
+# `setsid` makes each its own session and process group (killed as one), detached from docker
+# exec and the SSH channel. Arguments are (script, log, pidfile) triples; prints "<pidfile> <pid>".
 _START_MANY = ('while [ "$#" -ge 3 ]; do setsid sh "$1" </dev/null >"$2" 2>&1 & echo $! >"$3"; '
                'echo "$3 $!"; shift 3; done')
 

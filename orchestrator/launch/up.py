@@ -10,7 +10,6 @@ second `up` continues from what is healthy.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import shlex
 import time
@@ -656,15 +655,14 @@ class Up:
         self.progress.step_started(Kind.PROXY, f"proxy on {p.node} {p.host}:{p.port}", [p.node])
         if not await self._proxy_healthy():
             inv = self.inv
-            argv = nodeside.start_detached(self.container, nodepaths.proxy_script(inv), nodepaths.proxy_log(inv),
-                                           nodepaths.proxy_pid(inv))
+            pidfile = nodepaths.proxy_pid(inv)
+            argv = nodeside.start_many(self.container, [(nodepaths.proxy_script(inv), nodepaths.proxy_log(inv), pidfile)])
             o = await self.cluster.run(p.node, argv, timeout=60)
             if not o.ok:
                 self.runner.add(StepReport(Kind.PROXY, "proxy", {p.node: from_outcome(o, "start the proxy")},
                                            time.monotonic() - t0))
                 return False
-            pid = o.stdout.strip().splitlines()[-1] if o.stdout.strip() else ""
-            self.ledger.proxy_pid = int(pid) if pid.isdigit() else None
+            self.ledger.proxy_pid = nodeside.parse_started(o.stdout).get(pidfile)
             self.ledger.save()
         deadline = time.monotonic() + PROXY_TIMEOUT
         while time.monotonic() < deadline:
@@ -807,7 +805,3 @@ def _triage(log: str, ref: RankRef, npus: int | None = None, live: bool = False)
 
 def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines()[-LOG_TAIL:]) or "    (empty log)"
-
-
-def config_hash(plan: Plan) -> str:
-    return hashlib.sha256(json.dumps(plan.to_json(), sort_keys=True).encode()).hexdigest()[:16]

@@ -309,8 +309,10 @@ def test_tls_mismatch_found_by_triage_when_checks_are_skipped(small):
         p = small.run("up", small.inventory, "--skip-checks")
         assert p.returncode == 1
         err = p.stderr
-        assert "HCCL TLS switch differs between devices (EI0016)" in err
-        assert "-tls -s enable 0" in err and "d1" in err
+        lines = [ln for ln in err.splitlines() if "EI0016" in ln]
+        assert lines, err[-4000:]
+        assert any("-tls -s enable 0" in ln for ln in lines), lines
+        assert any("d1" in ln for ln in lines), lines  # the node whose device differs is named
         assert "group d" in err
     finally:
         small.fault("d1", "clear")
@@ -424,3 +426,25 @@ def test_kv_extra_config_mismatch_is_named_with_its_fix(tmp_path):
         sim.assert_nothing_left()
     finally:
         sim.down()
+
+
+def test_a_port_already_taken_on_a_node_is_refused_before_launch(small):
+    """Something else listens on p0's first HTTP port: vLLM would share it (SO_REUSEPORT) and
+    half the requests would go elsewhere, so up refuses before launch, naming node and port."""
+    import socket as _socket
+
+    ip = small.inv["nodes"]["p0"]["host"]
+    s = _socket.socket()
+    s.setsockopt(_socket.SOL_SOCKET, _socket.SO_REUSEADDR, 1)
+    s.bind((ip, 7100))
+    s.listen(1)
+    try:
+        code, doc = small.json("up", small.inventory, "--skip-checks")
+        assert code == 1
+        refused = {n: r for st in doc["steps"] for n, r in st["nodes"].items() if r["cause"] == "refused"}
+        assert "p0" in refused and "7100" in refused["p0"]["message"] and "port" in refused["p0"]["fix"]
+        assert not [st for st in doc["steps"] if st["step"] == "launch"]
+    finally:
+        s.close()
+        code, td = small.json("teardown", small.inventory)
+        assert code == 0, td

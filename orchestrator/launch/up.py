@@ -65,6 +65,8 @@ class Up:
         self.container_ids: dict[str, str] = {}
         self.lost: dict[str, str] = {}  # nodes that became unreachable after the checks
         self.said: set[tuple[str, str]] = set()  # live-triage findings already printed
+        self.keep_extra: set[str] = set()  # "proxy" when an earlier run's proxy still answers
+        self.nodes_by_ip = {n.cluster_ip: name for name, n in self.inv.nodes.items()}
         self.keep: set[str] = set()  # groups already healthy: left running
         self.started = time.monotonic()
         self.facts: dict | None = None      # check-network's collected facts (rank table input)
@@ -88,6 +90,8 @@ class Up:
             return result
         if self.keep:
             self.progress.say(f"keeping healthy groups running: {', '.join(sorted(self.keep))}")
+        if self.ledger.ranks and await self._proxy_healthy() and self.plan.proxy is not None:
+            self.keep_extra.add("proxy")
         if not self.opts.skip_checks and not await self._check_network(result):
             return result
         if self._needs_table() and not await self._ranktable():
@@ -383,7 +387,34 @@ class Up:
         if busy:
             return NodeResult(node, Cause.REFUSED, "devices are in use: " + "; ".join(busy[:8]),
                               "stop them (deploy teardown INVENTORY, or kill the PIDs on the node)")
-        return NodeResult(node, Cause.OK, "model present, devices free")
+        taken = await self._ports_taken(node)
+        if taken:
+            return NodeResult(node, Cause.REFUSED, f"ports the deployment needs are already listening on {node}: "
+                              + ", ".join(map(str, taken[:12])),
+                              f"find the owner on {node} (ss -ltnp | grep -w PORT) and stop it, or move the "
+                              "group's port / kv_port / dp_rpc_port (or proxy.port) in the inventory")
+        return NodeResult(node, Cause.OK, "model present, devices and ports free")
+
+    async def _ports_taken(self, node: str) -> list[int]:
+        """The deployment's ports (HTTP, DP RPC, kv ranges, proxy) already listening on the node's
+        address: vLLM binds its HTTP port with SO_REUSEPORT, so a second server would share it
+        silently instead of failing (the reference's warning); ports of kept groups excluded."""
+        from .deployment import deployment_ports
+
+        ports = deployment_ports(self.plan, node)
+        for r in self.plan.ranks_on(node):
+            if r.group in self.keep:
+                ports.discard(r.port or -1)
+                if r.kv_ports:
+                    ports.difference_update(range(r.kv_ports[0], r.kv_ports[1] + 1))
+        for g in self.inv.groups:
+            if g.name in self.keep and g.nodes[0] == node:
+                ports.discard(g.dp_rpc_port)
+        if self.plan.proxy is not None and self.plan.proxy.node == node and "proxy" in self.keep_extra:
+            ports.discard(self.plan.proxy.port)
+        o = await self.cluster.run(node, nodeside.LISTENING, timeout=60)
+        ip = self.inv.nodes[node].cluster_ip
+        return sorted({p for a, p in nodeside.parse_listening(o.stdout) if p in ports and a in (ip, "0.0.0.0")})
 
     # ------------------------------------------------------------------ ranks
 
@@ -498,7 +529,8 @@ class Up:
             for g, (r, why) in trouble.items():
                 long = (await self._tails([r], 300)).get(r.log, "") if r.node not in self.lost else ""
                 log = "\n".join(long.splitlines()[-LOG_TAIL:])
-                findings = [line for _id, line in _triage(long, r, self.inv.devices_per_node)]
+                findings = [line for _id, line in _triage(long, r, self.inv.devices_per_node,
+                                                          nodes_by_ip=self.nodes_by_ip)]
                 msg = why + (f"; last lines of {r.log}:\n" + _indent(log) if log else "")
                 if findings:
                     msg += "\n" + "\n".join(f"    cause: {f}" for f in findings)
@@ -530,7 +562,8 @@ class Up:
                 for r in groups[g]:
                     if r.log in tails:
                         last_line[r.key] = tails[r.log]
-                        for sig, line in _triage(tails[r.log], r, self.inv.devices_per_node, live=True):
+                        for sig, line in _triage(tails[r.log], r, self.inv.devices_per_node, live=True,
+                                                 nodes_by_ip=self.nodes_by_ip):
                             if (g, sig) not in self.said:  # once per group: every rank prints the same
                                 self.said.add((g, sig))
                                 self.progress.say(f"  group {g}: {line}")
@@ -794,13 +827,24 @@ def container_drift(current: dict, spec: ContainerPlan) -> list[str]:
 GENERIC = {"engine-init-failed", "engine-dead"}  # fallbacks: not worth a live line of their own
 
 
-def _triage(log: str, ref: RankRef, npus: int | None = None, live: bool = False) -> list[tuple[str, str]]:
+def _triage(log: str, ref: RankRef, npus: int | None = None, live: bool = False,
+            nodes_by_ip: dict[str, str] | None = None) -> list[tuple[str, str]]:
     """Known failure signatures in a log tail (orchestrator.triage): (signature id, one line
-    naming the node and devices, with the cause and the fix)."""
+    naming the node and devices, with the cause and the fix). A device the line names by its
+    node's IP (EI0016 lists them) is said with that node's name: it is often another node."""
     from .. import triage
 
-    return [(f.id, f.headline(ref.node, ref.rank.devices)) for f in triage.match(log, npus_per_node=npus)
-            if not (live and f.id in GENERIC)]
+    out = []
+    for f in triage.match(log, npus_per_node=npus):
+        if live and f.id in GENERIC:
+            continue
+        owner = (nodes_by_ip or {}).get(f.ip or "")
+        if owner and f.device is not None:
+            line = f"{owner} (device {f.device}, {f.ip}; seen by {ref.node}): {f.title}. {f.cause} Fix: {f.fix}"
+        else:
+            line = f.headline(ref.node, ref.rank.devices)
+        out.append((f.id, line))
+    return out
 
 
 def _indent(text: str) -> str:

@@ -56,6 +56,10 @@ def command(keep: bool, root: str | None, mode: str | None) -> None:
                 else f"simulator left processes running: {survivors}")
             if survivors:
                 code = code or 1
+            elif root is None:  # a folder of our own: nothing of it is needed any more
+                import shutil
+
+                shutil.rmtree(root_path, ignore_errors=True)
         else:
             say(f"kept running: deploy status {root_path}/inventory.yaml; deploy sim down --dir {root_path}")
     sys.exit(code)

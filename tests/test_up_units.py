@@ -155,3 +155,15 @@ def test_an_unwritable_state_folder_stops_before_any_node_is_touched(tmp_path, c
     doc = json.loads(p.stdout)
     assert doc["ok"] is False and str(blocker) in doc["error"]
     assert "Traceback" not in p.stderr
+
+
+def test_pid_files_read_back_with_hostile_paths(tmp_path):
+    """pids_script quotes the paths; parse_pids maps each pid file to its PID, absent ones left out."""
+    d = tmp_path / "var/tmp/deploy/x"
+    d.mkdir(parents=True)
+    (d / "a b;$(touch canary).pid").write_text("123\n")
+    script = nodeside.pids_script(["/var/tmp/deploy/x/a b;$(touch canary).pid", "/var/tmp/deploy/x/none.pid"])
+    out = subprocess.run(["sh", "-c", script], env={**os.environ, "DEPLOY_NODE_ROOT": str(tmp_path)},
+                         cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+    assert nodeside.parse_pids(out) == {"/var/tmp/deploy/x/a b;$(touch canary).pid": 123}
+    assert not (tmp_path / "canary").exists()

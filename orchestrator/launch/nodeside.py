@@ -74,6 +74,24 @@ def write_files_script(files: dict[str, tuple[str, int]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pids_script(pidfiles: list[str]) -> str:
+    """sh text printing `@@pid PATH` then the PID in each host pid file (nothing if absent)."""
+    return "".join(f"echo {shlex.quote('@@pid ' + f)}; cat {nodepaths.host_path(f)} 2>/dev/null; echo\n"
+                   for f in pidfiles)
+
+
+def parse_pids(stdout: str) -> dict[str, int]:
+    """pid file -> PID from the output of `pids_script` (files with no PID left out)."""
+    out: dict[str, int] = {}
+    cur = None
+    for line in stdout.splitlines():
+        if line.startswith("@@"):
+            cur = line[6:] if line.startswith("@@pid ") else None
+        elif cur and line.strip().isdigit():
+            out[cur] = int(line.strip())
+    return out
+
+
 def tail_script(paths: list[str], lines: int = 20) -> str:
     """For each host file: `@@tail PATH`, its last lines."""
     out = []

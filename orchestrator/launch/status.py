@@ -108,20 +108,14 @@ async def collect_status(plan: Plan, cluster: Cluster, ledger: Ledger | None) ->
         files = [r.pidfile for r in refs if r.node == node]
         if plan.proxy is not None and plan.proxy.node == node:
             files.append(nodepaths.proxy_pid(inv))
-        script = "".join(f"echo {_q('@@pid ' + f)}; cat {nodepaths.host_path(f)} 2>/dev/null; echo\n" for f in files)
+        script = nodeside.pids_script(files)
         if needs_table:
             script += f"echo @@table; sha256sum {nodepaths.host_path(nodepaths.rank_table_path(inv))} 2>/dev/null\n"
         out = await cluster.run_script(node, script, timeout=60)
-        cur = None
-        for line in out.stdout.splitlines():
-            if line == "@@table":
-                cur = "@@table"
-            elif cur == "@@table" and line.strip():
-                tables[node] = line.split()[0]
-            elif line.startswith("@@pid "):
-                cur = line[6:]
-            elif cur and line.strip().isdigit():
-                pids[cur] = int(line.strip())
+        pids.update(nodeside.parse_pids(out.stdout))
+        _, sep, table = out.stdout.partition("@@table\n")
+        if sep and table.split():
+            tables[node] = table.split()[0]
         mine = [pids[f] for f in files if f in pids]
         if mine and st.containers[node] == "running":
             a = await cluster.run(node, nodeside.alive(container, mine), timeout=60)
@@ -171,11 +165,6 @@ async def collect_status(plan: Plan, cluster: Cluster, ledger: Ledger | None) ->
         st.proxy = info
     return st
 
-
-def _q(text: str) -> str:
-    import shlex
-
-    return shlex.quote(text)
 
 
 async def _triage_unhealthy(cluster: Cluster, plan: Plan, refs: list[RankRef], st: Status) -> None:

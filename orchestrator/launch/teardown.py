@@ -65,9 +65,8 @@ class Teardown:
         return o.ok and '"Running": true' in o.stdout.replace('"Running":true', '"Running": true')
 
     async def _pids(self, node: str, files: list[str]) -> list[int]:
-        script = "".join(f"cat {nodepaths.host_path(f)} 2>/dev/null; echo\n" for f in files)
-        o = await self.cluster.run_script(node, script, timeout=60)
-        return sorted({int(x) for x in o.stdout.split() if x.isdigit()})
+        o = await self.cluster.run_script(node, nodeside.pids_script(files), timeout=60)
+        return sorted(set(nodeside.parse_pids(o.stdout).values()))
 
     async def _stop_groups(self, node: str, pids: list[int]) -> NodeResult:
         if not pids:
@@ -77,21 +76,7 @@ class Teardown:
             return NodeResult(node, Cause.UNREACHABLE, "lost the node")
         if not running:
             return NodeResult(node, Cause.OK, f"container {self.container} is not running")
-        o = await self.cluster.run(node, nodeside.signal_groups(self.container, pids, "TERM"), timeout=60)
-        if not o.ok:
-            return from_outcome(o, "SIGTERM")
-        deadline = time.monotonic() + self.opts.grace
-        left = pids
-        while time.monotonic() < deadline:
-            a = await self.cluster.run(node, nodeside.alive(self.container, left), timeout=60)
-            left = [p for p, ok in nodeside.parse_alive(a.stdout).items() if ok]
-            if not left:
-                return NodeResult(node, Cause.OK, f"{len(pids)} process group(s) stopped with SIGTERM")
-            await asyncio.sleep(0.5)
-        k = await self.cluster.run(node, nodeside.signal_groups(self.container, left, "KILL"), timeout=60)
-        if not k.ok:
-            return from_outcome(k, "SIGKILL")
-        return NodeResult(node, Cause.OK, f"SIGKILL after {self.opts.grace:g}s: pids {' '.join(map(str, left))}")
+        return await stop_groups(self.cluster, node, self.container, pids, self.opts.grace)
 
     async def _stop_proxy(self, node: str) -> NodeResult:
         return await self._stop_groups(node, await self._pids(node, [nodepaths.proxy_pid(self.inv)]))
@@ -160,3 +145,23 @@ class Teardown:
                                   f"on {node}: kill the PIDs named (kill -9 PID), or docker rm -f {self.container}; "
                                   "then deploy teardown INVENTORY again")
             await asyncio.sleep(1.0)
+
+
+async def stop_groups(cluster: Cluster, node: str, container: str, pids: list[int], grace: float) -> NodeResult:
+    """SIGTERM each process group in the container, SIGKILL what is left after `grace` seconds
+    (used by teardown and by up's group-atomic stop)."""
+    o = await cluster.run(node, nodeside.signal_groups(container, pids, "TERM"), timeout=60)
+    if not o.ok:
+        return from_outcome(o, "SIGTERM")
+    deadline = time.monotonic() + grace
+    left = pids
+    while time.monotonic() < deadline:
+        a = await cluster.run(node, nodeside.alive(container, left), timeout=60)
+        left = [p for p, ok in nodeside.parse_alive(a.stdout).items() if ok]
+        if not left:
+            return NodeResult(node, Cause.OK, f"{len(pids)} process group(s) stopped with SIGTERM")
+        await asyncio.sleep(0.5)
+    k = await cluster.run(node, nodeside.signal_groups(container, left, "KILL"), timeout=60)
+    if not k.ok:
+        return from_outcome(k, "SIGKILL")
+    return NodeResult(node, Cause.OK, f"SIGKILL after {grace:g}s: pids {' '.join(map(str, left))}")

@@ -24,12 +24,14 @@ from .deployment import RankRef, api_key, by_group, http_ranks, launch_waves, ra
 from .ledger import Ledger, RankEntry
 from .progress import Progress
 from .steps import Cause, Kind, NodeResult, Runner, StepReport, from_outcome
+from .teardown import stop_groups
 
 POLL = 2.0             # s between readiness rounds
 HEALTH_TIMEOUT = 3.0   # s per /health request
 PROXY_TIMEOUT = 120.0  # s for the proxy's /healthcheck
 SMOKE_TIMEOUT = 120.0
 LOG_TAIL = 15
+GROUP_STOP_GRACE = 10.0  # s between SIGTERM and SIGKILL when a group is stopped to restart or fail it
 
 
 @dataclass
@@ -594,16 +596,8 @@ class Up:
             if e and e.pid and r.node not in self.lost:
                 by_node.setdefault(r.node, []).append(e.pid)
 
-        async def one(node: str, pids: list[int]) -> None:
-            await self.cluster.run(node, nodeside.signal_groups(self.container, pids, "TERM"), timeout=60)
-            for _ in range(20):
-                a = await self.cluster.run(node, nodeside.alive(self.container, pids), timeout=60)
-                if not any(nodeside.parse_alive(a.stdout).values()):
-                    return
-                await asyncio.sleep(0.5)
-            await self.cluster.run(node, nodeside.signal_groups(self.container, pids, "KILL"), timeout=60)
-
-        await asyncio.gather(*(one(n, p) for n, p in by_node.items()))
+        await asyncio.gather(*(stop_groups(self.cluster, n, self.container, p, GROUP_STOP_GRACE)
+                               for n, p in by_node.items()))
 
     async def _bundle(self, group: str, refs: list[RankRef], msg: str, findings: list) -> str:
         """A local folder with what a person needs to see why the group failed: every rank's log
@@ -670,14 +664,18 @@ class Up:
         return alive, tails
 
     async def _tails(self, refs: list[RankRef], lines: int = LOG_TAIL) -> dict[str, str]:
-        out: dict[str, str] = {}
+        """log path -> its last lines, one round trip per node."""
         by_node: dict[str, list[str]] = {}
         for r in refs:
             by_node.setdefault(r.node, []).append(r.log)
-        for node, logs in by_node.items():
-            o = await self.cluster.run_script(node, nodeside.tail_script(logs, lines), timeout=60)
-            out.update(nodeside.parse_tails(o.stdout))
+        out: dict[str, str] = {}
+        for part in await asyncio.gather(*(self._tail_paths(n, logs, lines) for n, logs in by_node.items())):
+            out.update(part)
         return out
+
+    async def _tail_paths(self, node: str, paths: list[str], lines: int) -> dict[str, str]:
+        o = await self.cluster.run_script(node, nodeside.tail_script(paths, lines), timeout=60)
+        return nodeside.parse_tails(o.stdout)
 
     # ------------------------------------------------------------------ proxy and smoke
 
@@ -712,8 +710,7 @@ class Up:
         return False
 
     async def _tail_file(self, node: str, path: str, lines: int = LOG_TAIL) -> str:
-        o = await self.cluster.run_script(node, nodeside.tail_script([path], lines), timeout=60)
-        return nodeside.parse_tails(o.stdout).get(path, "")
+        return (await self._tail_paths(node, [path], lines)).get(path, "")
 
     async def _warmup(self) -> bool:
         """readiness.warmup prefill requests to every prefill rank (the large-EP guide's FAQ:

@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from orchestrator.sim.processes import sim_processes  # noqa: E402
-from test_sim_runtime_e2e import Deployment, deploy  # noqa: E402  (bringing a plan up by hand, once)
+from test_sim_runtime_e2e import Deployment, deploy
+
+from orchestrator.sim.processes import sim_processes
 
 NAME = "bench64"
 INVENTORY = f"""\
@@ -54,7 +55,7 @@ def get(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             return r.status
-    except Exception:  # noqa: BLE001 - not up yet
+    except Exception:
         return 0
 
 

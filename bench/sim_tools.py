@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator.sim.state import build_states, write_cluster  # noqa: E402
+from orchestrator.sim.state import build_states, write_cluster
 
 
 def per_call(impl: str, calls: int) -> float:

@@ -57,7 +57,7 @@ def error_doc(exit_code_: int, error: str, problems: list[Problem] = (),
             "warnings": [problem_json(w, source) for w in warnings]}
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> "NoReturn":  # noqa: F821
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:  # noqa: F821
     """A usage or local error before any node was touched: stderr, or one JSON object."""
     if json_wanted():
         click.echo(json.dumps(error_doc(code, message)))
@@ -65,7 +65,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> "NoReturn":  # noqa: F821
     sys.exit(code)
 
 
-def fail_inventory(err: InventoryError) -> "NoReturn":  # noqa: F821
+def fail_inventory(err: InventoryError) -> NoReturn:  # noqa: F821
     if json_wanted():
         errors = [p for p in err.problems if not p.warning]
         warnings = [p for p in err.problems if p.warning]

@@ -16,8 +16,7 @@ from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StringConstraints,
-                      ValidationError, field_validator)
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from .errors import InventoryError, Problem, Source, excerpt
 from .yamlmarks import LimitError, load_located

@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import InventoryError, Problem, excerpt
 from .inventory import Group, Inventory, load_inventory
-from .nodepaths import container_name, rank_table_path, remote_dir  # noqa: F401 (re-exported)
+from .nodepaths import container_name, rank_table_path, remote_dir
 
 PROXY_DIR = "/vllm-workspace/vllm-ascend/examples/disaggregated_prefill_v1"
 PROXY_SCRIPTS = {
@@ -126,7 +126,7 @@ class Step:
     def name(self) -> str:
         return self.kind.value
 
-    def describe(self, plan: "Plan") -> str:
+    def describe(self, plan: Plan) -> str:
         """One line for people (the plan table and progress); nothing reads it back."""
         inv = plan.inventory
         k = self.kind

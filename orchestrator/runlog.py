@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 KEEP_RUNS = 50
@@ -56,7 +56,7 @@ def run_dir(inventory, command: str, now: datetime | None = None) -> Path:
     `inventory` is an `Inventory` or its name. Raises StateError if the folder cannot be made.
     """
     inventory_name = inventory if isinstance(inventory, str) else inventory.name
-    stamp = (now or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    stamp = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
     base = state_dir()
     runs = inside(inside(base, inventory_name), "runs")
     try:

@@ -28,8 +28,8 @@ import shlex
 from string import Template
 
 from . import nodepaths
-from .playbooks import read
 from .plan import SOCKET_ENV, ContainerPlan, Plan, Rank
+from .playbooks import read
 
 SOCKET_ENV_VAR = "DEPLOY_SOCKET_ENV"
 # The first line of our sitecustomize.py: the runtime tells ours from the image's by it.

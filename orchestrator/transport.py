@@ -34,11 +34,11 @@ import socket
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Callable, Iterable, Literal, Sequence, TypeVar
+from typing import Literal, TypeVar
 
 import asyncssh
 from asyncssh.config import SSHClientConfig
@@ -165,7 +165,7 @@ class HostKeys:
 
     def trusted(self, host: str, addr: str, port: int | None):
         """asyncssh's `known_hosts` callable: keys for exactly this host (and port)."""
-        return self.known._match(host, "", port)[:3]  # noqa: SLF001 (match() adds the fallback)
+        return self.known._match(host, "", port)[:3]
 
     @staticmethod
     def entry(host: str, port: int) -> str:
@@ -366,7 +366,7 @@ class _NodeLog:
 
     @staticmethod
     def _head(cid: int, tag: str, text: str) -> bytes:
-        stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return f"{stamp} #{cid} {tag} {text}\n".encode("utf-8", "replace")
 
     def begin(self, command: str, stdin: str | None) -> int:
@@ -476,7 +476,7 @@ class Cluster:
         """node -> why its log could not be written (disk full, read-only …)."""
         return {n: log.error for n, log in self._logs.items() if log.error}
 
-    async def __aenter__(self) -> "Cluster":
+    async def __aenter__(self) -> Cluster:
         if self.log_dir:
             try:
                 self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -821,7 +821,7 @@ class Cluster:
                 if proc is not None:
                     proc.close()
                 raise  # the token stays in _running: stop_remote() kills it on the node
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 if proc is not None:
                     proc.close()
                 o = Outcome(node, Cause.TIMED_OUT, None, out.text(), err.text(),

@@ -69,7 +69,7 @@ class Signature:
     names_device: bool = False
     fallback: bool = False
     supersedes: tuple[str, ...] = ()
-    refine: Callable[[dict[str, str], "Context"], dict[str, str]] | None = None
+    refine: Callable[[dict[str, str], Context], dict[str, str]] | None = None
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ connections and records users and command lines, so tests can assert what the cl
 The servers run on their own event loop in a thread, so both `asyncio.run` tests and click's
 CliRunner can use them.
 
-Import the `farm` fixture into a test module: `from conftest_ssh import farm  # noqa: F401`.
+The `farm` fixture reaches every test module through tests/conftest.py.
 """
 from __future__ import annotations
 

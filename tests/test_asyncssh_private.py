@@ -34,11 +34,11 @@ def test_known_hosts_match_is_private_and_returns_key_lists():
     key = asyncssh.generate_private_key("ssh-ed25519")
     line = "[127.0.0.1]:2222 " + key.export_public_key().decode()
     known = asyncssh.import_known_hosts(line)
-    found = known._match("127.0.0.1", "", 2222)  # noqa: SLF001 - the private API the transport uses
+    found = known._match("127.0.0.1", "", 2222)
     trusted, cas, revoked = found[:3]
     assert [k.public_data for k in trusted] == [key.convert_to_public().public_data]
     assert not cas and not revoked
-    assert known._match("127.0.0.1", "", 22)[0] == []  # exact port: no port-less fallback  # noqa: SLF001
+    assert known._match("127.0.0.1", "", 22)[0] == []  # exact port: no port-less fallback
 
 
 def test_the_installed_version_is_inside_the_pinned_range():

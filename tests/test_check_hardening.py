@@ -13,14 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
+from test_check_network import A2_INV, Sim, deploy
 
-from conftest_ssh import farm  # noqa: F401
 from orchestrator.checks.facts import DeviceFacts, NodeFacts
 from orchestrator.checks.network import check_network
 from orchestrator.checks.rules import cluster_checks
 from orchestrator.plan import make_plan
 from orchestrator.transport import Cause, Cluster
-from test_check_network import A2_INV, Sim, deploy
 
 ROOT = Path(__file__).resolve().parents[1]
 

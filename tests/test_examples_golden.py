@@ -44,7 +44,7 @@ PARALLEL_FLAGS = (
 # helpers
 # --------------------------------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def plan_of(example: str) -> dict:
     """Run the real CLI in-process: `deploy plan inventories/<example>.yaml --json`."""
     from click.testing import CliRunner

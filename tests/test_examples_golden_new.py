@@ -18,9 +18,18 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from test_examples_golden import (  # noqa: I001  (tests/ is on sys.path under pytest)
-    ALL_A2, ALL_A3, KV, PARALLEL_FLAGS, Example, Proxy, Rank, check_flag, flag_value, flag_values, plan_of,
+from test_examples_golden import (
+    ALL_A2,
+    ALL_A3,
+    KV,
+    PARALLEL_FLAGS,
+    Example,
+    Proxy,
+    Rank,
+    check_flag,
+    flag_value,
+    flag_values,
+    plan_of,
     rank_by_key,
 )
 

@@ -4,7 +4,6 @@ import json
 import asyncssh
 from click.testing import CliRunner
 
-from conftest_ssh import farm  # noqa: F401
 from orchestrator.commands.exec import command as exec_command
 
 

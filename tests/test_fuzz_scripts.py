@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import os
 import subprocess
 from pathlib import Path
 

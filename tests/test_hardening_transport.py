@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from conftest_ssh import farm  # noqa: F401
 from orchestrator.runlog import inside
 from orchestrator.transport import Cause, Cluster
 

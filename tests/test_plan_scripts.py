@@ -16,9 +16,17 @@ import yaml
 
 from orchestrator.inventory import parse_inventory
 from orchestrator.plan import make_plan
-from orchestrator.scripts import (SITECUSTOMIZE_MARKER, SOCKET_ENV_VAR, ScriptError, node_script,
-                                  proxy_script, rank_script, setup_argvs, sitecustomize_for,
-                                  sitecustomize_text)
+from orchestrator.scripts import (
+    SITECUSTOMIZE_MARKER,
+    SOCKET_ENV_VAR,
+    ScriptError,
+    node_script,
+    proxy_script,
+    rank_script,
+    setup_argvs,
+    sitecustomize_for,
+    sitecustomize_text,
+)
 
 FAKE = f"""#!{sys.executable}
 import json, os, sys

@@ -12,23 +12,22 @@ import shutil
 import time
 
 import pytest
-
 from test_sim_cluster import Handle, available, cli, new_base, sim_processes
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None or shutil.which("unshare") is None
                                 or shutil.which("nsenter") is None, reason="needs ssh, unshare, nsenter")
 
 IMAGE = "quay.io/ascend/vllm-ascend:v0.11.0rc1"
-INVENTORY = f"""\
+INVENTORY = """\
 name: dock
 soc: a2
 nodes:
-  n0: {{host: 10.1.0.1, nic: eth0}}
-  n1: {{host: 10.1.0.2, nic: eth0}}
-container: {{image: example.com/team/vllm-ascend:pinned}}
-model: {{path: /mnt/weights/m}}
+  n0: {host: 10.1.0.1, nic: eth0}
+  n1: {host: 10.1.0.2, nic: eth0}
+container: {image: example.com/team/vllm-ascend:pinned}
+model: {path: /mnt/weights/m}
 groups:
-  - {{name: s, role: serve, nodes: [n0, n1], dp: 2, tp: 8}}
+  - {name: s, role: serve, nodes: [n0, n1], dp: 2, tp: 8}
 """
 # The reference mounts, as `deploy up` sends them (CONTRACT item 3), both option forms mixed.
 MOUNTS = ("--device /dev/davinci_manager --device=/dev/devmm_svm --device /dev/hisi_hdc "
@@ -238,7 +237,7 @@ def test_rank_started_with_setsid_survives_and_dies_with_rm_f(sim):
         assert sim.ssh("n0", 'cat "$DEPLOY_NODE_ROOT/var/tmp/deploy/dock/r.log"').stdout == "started\n"
         assert sim.ssh("n0", f"docker exec ranks kill -0 {pid}").returncode == 0  # valid inside
         assert sim.ssh("n0", f"kill -0 {pid}").returncode == 0  # and on the host
-        ns = sim.ssh("n0", "readlink /proc/{0}/ns/user; docker inspect -f '{{{{.State.Pid}}}}' ranks".format(pid))
+        ns = sim.ssh("n0", f"readlink /proc/{pid}/ns/user; docker inspect -f '{{{{.State.Pid}}}}' ranks")
         mine, init = ns.stdout.split()
         assert sim.ssh("n0", f"readlink /proc/{init}/ns/user").stdout.strip() == mine  # a member
         pid2 = int(sim.ssh("n0", "docker exec -d ranks sleep 778; sleep 0.3; pgrep -f '^sleep 778$'").stdout)

@@ -18,7 +18,6 @@ import threading
 
 import asyncssh
 import pytest
-
 from test_sim_cluster import Handle, available, cli, new_base
 
 pytestmark = pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client")

@@ -12,9 +12,14 @@ import socket
 import time
 
 import pytest
-
-from test_sim_vllm import PROXY, http_get, http_post, kv, refused, wait_healthy
-from test_sim_vllm import cluster  # noqa: F401  (the fixture)
+from test_sim_vllm import (
+    PROXY,
+    http_get,
+    http_post,
+    kv,
+    refused,
+    wait_healthy,
+)
 
 
 def _wait_listening(host: str, port: int, timeout: float = 10.0) -> None:

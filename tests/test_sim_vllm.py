@@ -475,7 +475,7 @@ def test_orphan_of_a_dp_rank_refuses_its_devices_when_the_group_is_restarted(clu
     group before the workers): restarting the group, not the one rank, meets the orphan's HBM."""
     n = cluster.node("p0", 1)
 
-    def rank(r: int, log: str) -> "Proc":
+    def rank(r: int, log: str) -> Proc:
         return cluster.vllm(n, "--port", str(7100 + r), "--data-parallel-size", "2", "--data-parallel-rank", str(r),
                             "--data-parallel-address", n.address, "--data-parallel-rpc-port", "12321", "-tp", "4",
                             log=log, ASCEND_RT_VISIBLE_DEVICES="0,1,2,3" if r == 0 else "4,5,6,7")

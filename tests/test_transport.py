@@ -10,7 +10,6 @@ import time
 import asyncssh
 import yaml
 
-from conftest_ssh import farm  # noqa: F401
 from orchestrator.inventory import parse_inventory
 from orchestrator.transport import Cause, Cluster
 

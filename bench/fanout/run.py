@@ -32,9 +32,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -50,8 +50,8 @@ import common  # noqa: E402
 import deploy_exec  # noqa: E402
 
 sys.path.insert(0, str(HERE))
-import measure  # noqa: E402  (its /proc helpers; it also runs as a script)
 import fabric_group  # noqa: E402
+import measure  # noqa: E402  (its /proc helpers; it also runs as a script)
 import pssh_client  # noqa: E402
 import pyinfra_exec  # noqa: E402
 

@@ -8,8 +8,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..playbooks import read
 from ..plan import Plan
+from ..playbooks import read
 from ..transport import Cause, Cluster, Outcome
 from . import parsers as P
 from .facts import NodeFacts, node_facts, parse_sections

@@ -167,7 +167,7 @@ class _Progress:
                                  MofNCompleteColumn(), console=Console(stderr=True),
                                  transient=True)
 
-    def __enter__(self) -> "_Progress":
+    def __enter__(self) -> _Progress:
         if self._bar:
             self._bar.start()
         return self

@@ -10,14 +10,15 @@ import click
 
 from ..cliutil import EXIT_FAILED, EXIT_USAGE, fail_inventory
 from ..errors import InventoryError
-from ..sim import cluster, faults as faultreg
+from ..sim import cluster
+from ..sim import faults as faultreg
 from ..sim.errors import SimError, SimUsageError
 
 _DIR = click.option("--dir", "root", type=click.Path(file_okay=False), default=None,
                     help="Simulator directory (default /tmp/deploy-sim-<uid>).")
 
 
-def _fail(err: SimError) -> "NoReturn":  # noqa: F821
+def _fail(err: SimError) -> NoReturn:  # noqa: F821
     click.echo(f"deploy sim: {err}", err=True)
     sys.exit(EXIT_USAGE if isinstance(err, SimUsageError) else EXIT_FAILED)
 

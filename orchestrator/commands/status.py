@@ -7,9 +7,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..launch.session import run_dir_or_exit, emit, launched_plan, run_async
+from ..launch.session import emit, launched_plan, run_async, run_dir_or_exit
 from ..launch.status import Status, collect_status
-
 from ..transport import Cluster
 
 

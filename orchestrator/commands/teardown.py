@@ -6,10 +6,9 @@ import sys
 import click
 
 from ..launch.progress import Progress
-from ..launch.session import emit, lock_or_exit, run_dir_or_exit, launched_plan, run_async
+from ..launch.session import emit, launched_plan, lock_or_exit, run_async, run_dir_or_exit
 from ..launch.steps import exit_code
 from ..launch.teardown import GRACE, Teardown, TeardownOptions
-
 from ..transport import Cluster
 
 

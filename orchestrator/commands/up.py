@@ -8,10 +8,9 @@ import click
 
 from ..launch.ledger import Ledger
 from ..launch.progress import Progress
-from ..launch.session import emit, lock_or_exit, run_dir_or_exit, plan_from_file, run_async
+from ..launch.session import emit, lock_or_exit, plan_from_file, run_async, run_dir_or_exit
 from ..launch.steps import exit_code
 from ..launch.up import Up, UpOptions
-
 from ..transport import Cluster
 
 

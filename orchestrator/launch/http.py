@@ -104,7 +104,7 @@ async def request(open_connection, host: str, port: int, method: str, path: str,
 
     try:
         return await asyncio.wait_for(go(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return Response(0, error=f"no answer within {timeout:g}s")
 
 

@@ -85,7 +85,7 @@ class Ledger:
         return deployment_dir(name) / "ledger.json"
 
     @classmethod
-    def load(cls, name: str) -> "Ledger | None":
+    def load(cls, name: str) -> Ledger | None:
         try:
             data = json.loads(cls.path_for(name).read_text())
         except FileNotFoundError:

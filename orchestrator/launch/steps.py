@@ -8,9 +8,10 @@ report / `--json`. Facts flow from step to step through the `Context`.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Awaitable, Callable, Protocol
+from typing import Protocol
 
 from ..transport import Cause as TCause
 from ..transport import Outcome

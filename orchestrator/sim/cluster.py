@@ -7,8 +7,7 @@ one way: cluster -> lifecycle -> servers/state/runtime -> layout/manifest/proces
 from __future__ import annotations
 
 from .errors import SimError, SimUsageError
-from .layout import (DEFAULT_PORT, SIM_USER, authorized_keys_path, client_key_path, default_dir,
-                     host_key_path, node_env, sshd_dir)
+from .layout import DEFAULT_PORT, SIM_USER, authorized_keys_path, client_key_path, default_dir, host_key_path, node_env, sshd_dir
 from .lifecycle import default_mode, down, fault, status, up
 from .manifest import Sim, SimNode
 from .processes import listening, sim_processes, wait_listening

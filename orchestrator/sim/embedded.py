@@ -90,7 +90,7 @@ class _Node:
 class _Server(asyncssh.SSHServer):
     """Per connection: public-key auth against the node's authorized_keys, read at each try."""
 
-    def __init__(self, daemon: "Daemon", node: _Node):
+    def __init__(self, daemon: Daemon, node: _Node):
         self.daemon, self.node, self.conn, self.peer = daemon, node, None, ("?", 0)
 
     def connection_made(self, conn) -> None:
@@ -223,7 +223,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, stop.set)
         try:
             await self.reconcile()
-        except Exception as e:  # noqa: BLE001 - reported to `sim up`
+        except Exception as e:
             os.write(ready_fd, f"{type(e).__name__}: {e}".encode())
             return 1
         (self.root / "embedded.pid").write_text(f"{os.getpid()}\n")
@@ -238,7 +238,7 @@ class Daemon:
                 hup.clear()
                 try:
                     await self.reconcile()
-                except Exception as e:  # noqa: BLE001 - keep serving the other nodes
+                except Exception as e:
                     print(f"reload failed: {type(e).__name__}: {e}", flush=True)
         for node in self.nodes.values():
             if node.acceptor:
@@ -302,7 +302,7 @@ def main(argv: list[str]) -> int:
     os.chdir("/")
     try:
         code = asyncio.run(Daemon(root).run(ready_w))
-    except BaseException as e:  # noqa: BLE001 - the log is all a detached daemon has
+    except BaseException as e:
         print(f"daemon died: {type(e).__name__}: {e}", flush=True)
         code = 1
     os._exit(code)

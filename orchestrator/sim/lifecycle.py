@@ -23,8 +23,8 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import yaml
 
@@ -32,12 +32,26 @@ from ..inventory import load_inventory
 from . import faults as faultreg
 from .blocks import claim_block, node_addr, release_block
 from .errors import SimError, SimUsageError
-from .layout import (BLOCK_DIR, DEFAULT_PORT, SIM_HOME, SIM_USER, authorized_keys_path, check_dir,
-                     client_key_path, containers_dir, docker_dir, host_key_path, known_hosts_path,
-                     node_dir, node_root, node_runtime, sshd_dir)
-from .runtime import knobs
+from .layout import (
+    BLOCK_DIR,
+    DEFAULT_PORT,
+    SIM_HOME,
+    SIM_USER,
+    authorized_keys_path,
+    check_dir,
+    client_key_path,
+    containers_dir,
+    docker_dir,
+    host_key_path,
+    known_hosts_path,
+    node_dir,
+    node_root,
+    node_runtime,
+    sshd_dir,
+)
 from .manifest import Sim, SimNode, flock
 from .processes import alive, freeze, listening, signal_all, sim_processes, wait_listening
+from .runtime import knobs
 from .siminventory import generate_inventory, sim_inventory
 
 

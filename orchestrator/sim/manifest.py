@@ -5,9 +5,9 @@ import contextlib
 import fcntl
 import json
 import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from .errors import SimUsageError
 
@@ -45,7 +45,7 @@ class Sim:
         os.replace(tmp, self.dir / "sim.json")
 
     @classmethod
-    def load(cls, root: Path) -> "Sim":
+    def load(cls, root: Path) -> Sim:
         try:
             data = json.loads((Path(root) / "sim.json").read_text())
         except FileNotFoundError:

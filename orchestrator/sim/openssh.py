@@ -23,7 +23,10 @@ from pathlib import Path
 from .errors import SimError
 from .layout import authorized_keys_path, host_key_path, node_env, sshd_dir
 from .manifest import Sim
-from .processes import freeze, procs as _procs, signal_all as _signal, tail as _tail, wait_listening
+from .processes import freeze, wait_listening
+from .processes import procs as _procs
+from .processes import signal_all as _signal
+from .processes import tail as _tail
 
 SSHD = "/usr/sbin/sshd"
 

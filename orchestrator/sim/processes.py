@@ -11,8 +11,8 @@ import signal
 import socket
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from .errors import SimError
 from .layout import sshd_dir

@@ -39,8 +39,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .hardware import (HEALTH_STATUSES, NET_HEALTH_STATUSES, DeviceState, NodeState, Process,
-                       build_states)
+from .hardware import HEALTH_STATUSES, NET_HEALTH_STATUSES, DeviceState, NodeState, Process, build_states
 from .render import render_hccn_conf, render_node
 from .runtime.occupancy import node_lock
 from .tools import install_tools

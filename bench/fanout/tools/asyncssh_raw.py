@@ -11,7 +11,6 @@ import asyncio
 import sys
 
 import asyncssh
-
 import common
 
 DEPLOY_ALGS = {"kex_algs": ["curve25519-sha256"],

@@ -11,9 +11,9 @@ kernel release. The simulated nodes are this machine, so the expected release is
 from __future__ import annotations
 
 import json
-import sys
 import os
 import shlex
+import sys
 
 SCRIPT = "echo hello; uname -r; cat /etc/hostname"
 ARGV = ["sh", "-c", SCRIPT]

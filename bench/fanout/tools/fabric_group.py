@@ -8,7 +8,6 @@ is a result, not an exception). Fabric itself sets paramiko's AutoAddPolicy and 
 known_hosts; here every client gets exactly its host's key from the sim's known_hosts (parsed
 once) and RejectPolicy, i.e. strict checking.
 """
-import sys
 
 import common
 

@@ -6,7 +6,6 @@ parallel-ssh's defaults (pool_size 100, num_retries 3, no timeout) except the si
 user and port. parallel-ssh has no host-key verification at all (no known_hosts option in
 ParallelSSHClient or its native/ssh clients), so none is done here.
 """
-import sys
 
 import common
 

@@ -34,12 +34,12 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import image  # noqa: E402  (DIR/runtime/image.py)
-from docker_cli import Fail, Opts, ago, daemon_error, last, render, table  # noqa: E402
-from occupancy import alive, proc_state  # noqa: E402,F401  (one /proc reading for the runtime)
+import image
+from docker_cli import Fail, Opts, ago, daemon_error, last, render, table
+from occupancy import alive, proc_state  # noqa: F401  (one /proc reading for the runtime)
 
 ROOT = os.environ.get("DEPLOY_SIM_ROOT", "")
 NODE = os.environ.get("DEPLOY_SIM_NODE", "")
@@ -82,7 +82,7 @@ def lock():
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def write_json(path: str, data) -> None:  # type: ignore[no-untyped-def]

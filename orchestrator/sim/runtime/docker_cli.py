@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 class Fail(Exception):
@@ -99,10 +99,10 @@ def last(got: dict, key: str, default=None):  # type: ignore[no-untyped-def]
 
 def ago(ts: str) -> str:
     try:
-        t = datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+        t = datetime.strptime(ts[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
     except ValueError:
         return ""
-    s = int((datetime.now(timezone.utc) - t).total_seconds())
+    s = int((datetime.now(UTC) - t).total_seconds())
     if s < 1:
         return "Less than a second"
     if s < 60:

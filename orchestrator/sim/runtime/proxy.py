@@ -491,7 +491,7 @@ class Proxy:
                 if resp.status == 200:
                     return http.Response(200, data, "application/json")
                 self.log.warning(f"GET /models from {b.host}:{b.port} failed: HTTP {resp.status}")
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, http.HTTPError, ValueError) as e:
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, http.HTTPError, ValueError) as e:
                 self.log.warning(f"GET /models from {b.host}:{b.port} failed: {_exc_text(e)}")
             failures.append(f"{b.host}:{b.port}")
         if not self.prefillers and not self.decoders:
@@ -559,7 +559,7 @@ class Proxy:
                     self._add(self.prefillers if kind == "prefill" else self.decoders, h, p)
                     self.waiting.pop(key, None)
                     return
-            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, http.HTTPError, ValueError):
+            except (TimeoutError, OSError, asyncio.IncompleteReadError, http.HTTPError, ValueError):
                 pass
             await asyncio.sleep(self.args.waiting_retry_interval)
         self.waiting.pop(key, None)

@@ -780,7 +780,7 @@ class Frontend:
                 engine = (await asyncio.wait_for(r.readline(), 2.0)).decode().strip()
             finally:
                 w.close()
-        except (OSError, ValueError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, ValueError):
             engine = None
         if engine is None or (kvp.get("remote_engine_id") is not None and engine != str(kvp["remote_engine_id"])):
             self.log.raw(f"E{time.strftime('%Y%m%d %H:%M:%S')} ascend_direct_transport.cpp:377] Failed to connect "

@@ -117,7 +117,7 @@ class Engine:
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise socket.timeout()
+                    raise TimeoutError()
                 self.sock.settimeout(min(left, 3600.0))
             else:
                 self.sock.settimeout(None)
@@ -203,7 +203,7 @@ class Engine:
                     return
                 s.close()
                 self.sock = None
-            except socket.timeout:
+            except TimeoutError:
                 if self.sock is not None:
                     self.sock.close()
                     self.sock = None

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import NoReturn
 
 import click
 
@@ -50,14 +51,14 @@ def problem_json(p: Problem, source: Source | None) -> dict:
             "field": path_str(p.path), "message": p.message, "hint": p.hint}
 
 
-def error_doc(exit_code_: int, error: str, problems: list[Problem] = (),
-              source: Source | None = None, warnings: list[Problem] = ()) -> dict:
+def error_doc(exit_code_: int, error: str, problems: Sequence[Problem] = (),
+              source: Source | None = None, warnings: Sequence[Problem] = ()) -> dict:
     return {"ok": False, "exit_code": exit_code_, "error": error,
             "problems": [problem_json(p, source) for p in problems],
             "warnings": [problem_json(w, source) for w in warnings]}
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:  # noqa: F821
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """A usage or local error before any node was touched: stderr, or one JSON object."""
     if json_wanted():
         click.echo(json.dumps(error_doc(code, message)))
@@ -65,7 +66,7 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:  # noqa: F821
     sys.exit(code)
 
 
-def fail_inventory(err: InventoryError) -> NoReturn:  # noqa: F821
+def fail_inventory(err: InventoryError) -> NoReturn:
     if json_wanted():
         errors = [p for p in err.problems if not p.warning]
         warnings = [p for p in err.problems if p.warning]

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 
 from .errors import InventoryError, Problem, Source, excerpt
 from .yamlmarks import LimitError, load_located
@@ -459,7 +460,7 @@ def _dedupe(problems: list[Problem]) -> list[Problem]:
     return out
 
 
-def _other_branch(err: dict, data: Any) -> bool:
+def _other_branch(err: ErrorDetails, data: Any) -> bool:
     """An error from the union branch that does not match the value's kind (list vs mapping)."""
     cur = data
     for part in err["loc"]:
@@ -533,7 +534,7 @@ def _given(value: Any) -> str:
     return f"{excerpt(value)} ({kind})"
 
 
-def _schema_problem(err: dict, data: Any) -> Problem:
+def _schema_problem(err: ErrorDetails, data: Any) -> Problem:
     loc = tuple(err["loc"])
     path, value = _data_path(loc, data)
     kind = err["type"]
@@ -558,12 +559,12 @@ def _schema_problem(err: dict, data: Any) -> Problem:
         return Problem(path, "required field is missing", f"add '{loc[-1]}'")
     if kind == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        close = ""
+        suggest = ""
         if isinstance(value, str):
             options = re.findall(r"'([^']*)'", expected)
-            m = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
-            close = f"did you mean '{m[0]}'? " if m else ""
-        return Problem(path, f"{excerpt(value)} is not allowed", f"{close}use one of {expected}")
+            near = difflib.get_close_matches(value, options, n=1, cutoff=0.5)
+            suggest = f"did you mean '{near[0]}'? " if near else ""
+        return Problem(path, f"{excerpt(value)} is not allowed", f"{suggest}use one of {expected}")
     if kind in ("string_pattern_mismatch", "string_too_long"):
         pattern = err.get("ctx", {}).get("pattern", "")
         what = "the name" if is_key else "the value"

@@ -41,7 +41,7 @@ def host_path(path: str) -> str:
     """A host path as node-side sh text: `"${DEPLOY_NODE_ROOT-}"'/var/tmp/...'` (quoted)."""
     import shlex
 
-    return '"${%s-}"%s' % (NODE_ROOT_VAR, shlex.quote(path))
+    return f'"${{{NODE_ROOT_VAR}-}}"{shlex.quote(path)}'
 
 
 def rank_table_path(inventory) -> str:

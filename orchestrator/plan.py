@@ -486,7 +486,8 @@ class _Planner:
             if g.launch_mode == "nnodes":
                 dp_local = 1
                 if g.dp != 1:
-                    self.error(("groups", gi, "dp"), f"launch nnodes runs one instance across the nodes, so dp must be 1 (got {g.dp})",
+                    self.error(("groups", gi, "dp"),
+                               f"launch nnodes runs one instance across the nodes, so dp must be 1 (got {g.dp})",
                                "use launch: internal or external for data parallelism")
                 if g.dp_local is not None:
                     self.error(("groups", gi, "dp_local"), "dp_local is not used by launch nnodes", "remove dp_local")
@@ -642,11 +643,12 @@ class _Planner:
             tail += render_args(lay.args)
             if kv_json is not None:
                 tail += ["--kv-transfer-config", kv_json]
-            mooncake = inv.kv_transfer is not None and inv.kv_transfer.connector in MOONCAKE and g.kv_port is not None
+            mooncake = inv.kv_transfer is not None and inv.kv_transfer.connector in MOONCAKE
+            kv_base = g.kv_port if mooncake else None
             for pos, node_name in enumerate(g.nodes):
                 node = inv.nodes[node_name]
                 devs = lay.devices.get(node_name, [])
-                common = dict(group=g.name, role=g.role, node=node_name, host=node.host, ip=node.cluster_ip)
+                common: dict[str, Any] = dict(group=g.name, role=g.role, node=node_name, host=node.host, ip=node.cluster_ip)
                 if g.launch_mode == "external":
                     for i in range(lay.dp_local):
                         r = pos * lay.dp_local + i
@@ -655,7 +657,7 @@ class _Planner:
                         argv = base + ["--port", str(port), "--data-parallel-size", str(g.dp),
                                        "--data-parallel-rank", str(r), "--data-parallel-address", master_ip,
                                        "--data-parallel-rpc-port", str(g.dp_rpc_port)] + tail
-                        kv = (g.kv_port + r * lay.per_rank, g.kv_port + (r + 1) * lay.per_rank - 1) if mooncake else None
+                        kv = _kv_span(kv_base, r * lay.per_rank, lay.per_rank)
                         ranks.append(Rank(**common, dp_rank=r, local_rank=i, devices=mine, port=port, headless=False,
                                           argv=argv, env=self.rank_env(lay, node_name, mine), kv_ports=kv))
                 elif g.launch_mode == "env":
@@ -668,7 +670,7 @@ class _Planner:
                         port = g.http_port + i
                         env = self.rank_env(lay, node_name, devs)
                         env.update(env_dp_vars(g, lay.dp_local, master_ip, r, i))
-                        kv = (g.kv_port + r * lay.per_rank, g.kv_port + (r + 1) * lay.per_rank - 1) if mooncake else None
+                        kv = _kv_span(kv_base, r * lay.per_rank, lay.per_rank)
                         ranks.append(Rank(**common, dp_rank=r, local_rank=i, devices=mine, port=port, headless=False,
                                           argv=base + ["--port", str(port)] + tail, env=env, kv_ports=kv))
                 elif g.launch_mode == "internal":
@@ -680,7 +682,7 @@ class _Planner:
                     if not head:
                         argv += ["--data-parallel-start-rank", str(start)]
                     argv += ["--data-parallel-address", master_ip, "--data-parallel-rpc-port", str(g.dp_rpc_port)] + tail
-                    kv = (g.kv_port + start * lay.per_rank, g.kv_port + (start + lay.dp_local) * lay.per_rank - 1) if mooncake else None
+                    kv = _kv_span(kv_base, start * lay.per_rank, lay.dp_local * lay.per_rank)
                     ranks.append(Rank(**common, dp_rank=start, local_rank=0, devices=devs,
                                       port=g.http_port if head else None, headless=not head, argv=argv,
                                       env=self.rank_env(lay, node_name, devs), kv_ports=kv))
@@ -690,12 +692,12 @@ class _Planner:
                     argv += ["--nnodes", str(len(g.nodes)), "--node-rank", str(pos), "--master-addr", master_ip,
                              "--master-port", str(g.dp_rpc_port)] + tail
                     share = lay.per_rank // len(g.nodes)
-                    kv = (g.kv_port + pos * share, g.kv_port + (pos + 1) * share - 1) if mooncake else None
+                    kv = _kv_span(kv_base, pos * share, share)
                     ranks.append(Rank(**common, dp_rank=0, local_rank=0, devices=devs,
                                       port=g.http_port if head else None, headless=not head, argv=argv,
                                       env=self.rank_env(lay, node_name, devs), node_rank=pos, kv_ports=kv))
-        for r in ranks:
-            r.unset = [n for n in layouts_by_group[r.group].unset if n not in r.env]
+        for rk in ranks:
+            rk.unset = [n for n in layouts_by_group[rk.group].unset if n not in rk.env]
         return ranks
 
     def rank_env(self, lay: _GroupLayout, node_name: str, devices: list[int]) -> dict[str, str]:
@@ -750,8 +752,8 @@ class _Planner:
         reported: set[tuple] = set()
         for host, items in uses.items():
             items.sort()
-            for i, (lo, hi, what, path) in enumerate(items):
-                for lo2, hi2, what2, path2 in items[i + 1:]:
+            for i, (_lo, hi, what, path) in enumerate(items):
+                for lo2, _hi2, what2, path2 in items[i + 1:]:
                     if lo2 > hi:
                         break
                     first, second = sorted([(path, what), (path2, what2)])
@@ -899,6 +901,12 @@ def shm_bytes(size: str) -> int | None:
 def socket_env_guard(inv: Inventory) -> bool:
     g = inv.container.socket_env_guard
     return g if g is not None else any(len(gr.nodes) > 1 for gr in inv.groups)
+
+
+
+def _kv_span(base: int | None, first: int, count: int) -> tuple[int, int] | None:
+    """A rank's kv_port range (Mooncake): `count` ports from `base + first`; None without Mooncake."""
+    return (base + first, base + first + count - 1) if base is not None else None
 
 
 def env_dp_vars(g: Group, dp_local: int, master_ip: str, rank: int, local: int) -> dict[str, str]:

@@ -85,7 +85,7 @@ def hccl_servers(plan: Plan, facts: dict[str, NodeFacts]) -> list[str]:
     if plan.inventory.soc != "a3":
         return nodes
     pods = {n: _node_pod(plan, facts, n) for n in nodes}
-    first = {}
+    first: dict[str, int] = {}
     for n in nodes:
         first.setdefault(pods[n], len(first))
     return sorted(nodes, key=lambda n: first[pods[n]])
@@ -95,8 +95,7 @@ def _node_pod(plan: Plan, facts: dict[str, NodeFacts], node: str) -> str:
     f = facts.get(node)
     if f is None:
         return ""
-    ids = [f.devices[d].super_pod_id for d in plan.devices_used(node) if d in f.devices]
-    ids = [i for i in ids if i is not None]
+    ids = [i for i in (f.devices[d].super_pod_id for d in plan.devices_used(node) if d in f.devices) if i is not None]
     return Counter(ids).most_common(1)[0][0] if ids else ""
 
 
@@ -224,7 +223,7 @@ def validate_table(plan: Plan, table: dict, facts: dict[str, NodeFacts] | None =
     # (node, device, entry, role-or-None) for every device entry in table order
     rows: list[tuple[str | None, int | None, dict, str | None]] = []
     if fmt == "pd":
-        expected = {role: role_devices(plan, role) for role in PD_ROLES}
+        expected: dict[str | None, list[tuple[str, int]]] = {role: role_devices(plan, role) for role in PD_ROLES}
         for role in PD_ROLES:
             for e in table.get(f"{role}_device_list") or []:
                 rows.append((node_of(str(e.get("server_id"))), _int(e.get("device_id")), e, role))
@@ -261,14 +260,14 @@ def validate_table(plan: Plan, table: dict, facts: dict[str, NodeFacts] | None =
             add(None, None, f"server {s} is in the table but is not a node of the plan")
 
     # every planned device present, once, in its role; nothing else
-    for role, want in expected.items():
-        got = [(n, d) for n, d, _e, r in rows if r == role]
+    for want_role, want in expected.items():
+        got: list[tuple[str | None, int | None]] = [(n, d) for n, d, _e, r in rows if r == want_role]
         counts = Counter(got)
-        label = f"{role}_device_list" if role else "the table"
-        for n, d in want:
-            if counts[(n, d)] == 0 and inv.nodes[n].cluster_ip not in absent:
-                add(n, d, f"planned device is missing from {label}",
-                    f"check the device on {n}: hccn_tool -i {d} -ip -g; npu-smi info")
+        label = f"{want_role}_device_list" if want_role else "the table"
+        for wn, wd in want:
+            if counts[(wn, wd)] == 0 and inv.nodes[wn].cluster_ip not in absent:
+                add(wn, wd, f"planned device is missing from {label}",
+                    f"check the device on {wn}: hccn_tool -i {wd} -ip -g; npu-smi info")
         for (n, d), c in counts.items():
             if (n, d) not in want:
                 add(n, d, f"device is in {label} but the plan does not use it there")
@@ -306,7 +305,8 @@ def validate_table(plan: Plan, table: dict, facts: dict[str, NodeFacts] | None =
             sdid = str(e.get("super_device_id") or "")
             if not sdid.isdigit():
                 add(n, d, "no super_device_id (SDID) from npu-smi info -t spod-info",
-                    f"on {n}: npu-smi info -t spod-info -i {d // 2 if d is not None else 'N'} -c {d % 2 if d is not None else 'C'}")
+                    f"on {n}: npu-smi info -t spod-info -i {d // 2 if d is not None else 'N'} "
+                    f"-c {d % 2 if d is not None else 'C'}")
                 continue
             pod = str(e.get("super_pod_id", "")) if fmt == "pd" else pod_of_server.get(inv.nodes[n].cluster_ip if n else "", "")
             if fmt == "pd" and not pod:

@@ -39,7 +39,8 @@ def plan_table(plan: Plan, console: Console | None = None) -> None:
         p = plan.proxy
         n_pre = sum(1 for r in plan.ranks if r.role == "prefill" and r.port is not None)
         n_dec = sum(1 for r in plan.ranks if r.role == "decode" and r.port is not None)
-        console.print(soft_wrap=True, highlight=False, *[f"proxy: {p.node} {p.host}:{p.port} -> {n_pre} prefill, {n_dec} decode backends"])
+        console.print(f"proxy: {p.node} {p.host}:{p.port} -> {n_pre} prefill, {n_dec} decode backends",
+                      soft_wrap=True, highlight=False)
     if plan.containers:
         c0 = plan.containers[0]
         by_devices: dict[str, list[str]] = {}

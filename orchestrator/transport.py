@@ -187,7 +187,7 @@ class HostKeys:
             raise _Failed(
                 f"host key unknown: {entry} ({key.get_algorithm()} {fp}) is not in {self.path} and "
                 f"ssh.host_keys is strict. Verify the fingerprint, then add it:\n  ssh-keyscan "
-                f"{'-p %d ' % port if port != 22 else ''}{shlex.quote(host)} >> "
+                f"{f'-p {port} ' if port != 22 else ''}{shlex.quote(host)} >> "
                 f"{shlex.quote(str(self.path))}")
         self.record(entry, key)
 
@@ -713,7 +713,7 @@ class Cluster:
                             return await asyncssh.connect(
                                 host, port, tunnel=tunnel, username=user, client_keys=keys,
                                 config=self._config_paths, known_hosts=self._keys.trusted,
-                                client_factory=lambda: client,
+                                client_factory=lambda client=client: client,
                                 connect_timeout=self.inv.ssh.connect_timeout,
                                 keepalive_interval=KEEPALIVE, **self._algs)
                         except asyncssh.HostKeyNotVerifiable:

@@ -649,8 +649,8 @@ def _apply(sig: Signature, text: str, ctx: Context) -> Finding | None:
     """The finding of one signature on a (cleaned) text: its first pattern that occurs, at its last occurrence."""
     m: re.Match[str] | None = None
     for pat in sig.patterns:
-        for m in pat.finditer(text):  # the last (most recent) occurrence
-            pass
+        found = list(pat.finditer(text))
+        m = found[-1] if found else None  # the last (most recent) occurrence
         if m is not None:
             break
     if m is None:

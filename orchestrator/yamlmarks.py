@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import yaml
 
@@ -68,6 +69,12 @@ def load_located(text: str) -> Located:
         loader.dispose()
 
 
+
+def _line(mark: Any) -> int:  # yaml.Mark, from the C or the Python parser
+    """The 1-based line of a mark (0 when the parser gave none)."""
+    return mark.line + 1 if mark is not None else 0
+
+
 def _scan(text: str) -> dict[tuple[int, int], str]:
     """One pass over the events: depth and alias count bounded; anchor names by mark."""
     loader = _Loader(text)
@@ -81,13 +88,12 @@ def _scan(text: str) -> dict[tuple[int, int], str]:
             if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth > MAX_DEPTH:
-                    raise LimitError(f"nesting deeper than {MAX_DEPTH} levels",
-                                     ev.start_mark.line + 1)
+                    raise LimitError(f"nesting deeper than {MAX_DEPTH} levels", _line(ev.start_mark))
             elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
-            elif isinstance(ev, yaml.AliasEvent):
+            elif isinstance(ev, yaml.AliasEvent) and ev.anchor is not None:
                 uses[ev.anchor] += 1
-                first_use.setdefault(ev.anchor, ev.start_mark.line + 1)
+                first_use.setdefault(ev.anchor, _line(ev.start_mark))
                 if sum(uses.values()) > MAX_ALIASES:
                     name, n = uses.most_common(1)[0]
                     raise LimitError(f"more than {MAX_ALIASES} alias uses (anchor &{name} is used "
@@ -193,16 +199,16 @@ class _Walker:
             result[key] = self.walk(value_node, sub)
         for m in merges:  # YAML merge: explicit keys win, then earlier merged mappings
             self.count += 1
-            key = id(m)
-            if key in self.active:
+            mid = id(m)
+            if mid in self.active:
                 raise LimitError(f"anchor {self._anchor(m)} merges itself (recursive alias)",
                                  m.start_mark.line + 1)
             self.expanding.append(m)
-            self.active.add(key)
+            self.active.add(mid)
             try:
                 sub_map = self._mapping(m, path, merged=True)
             finally:
-                self.active.discard(key)
+                self.active.discard(mid)
                 self.expanding.pop()
             for k, v in sub_map.items():
                 if k not in result:

@@ -179,7 +179,7 @@ def test_put_replaces_atomically(farm, tmp_path):
 
     async def body(c):
         first = await c.put("d0", "old\n", str(target))
-        held = open(target)  # a reader that opened the old file keeps the old content
+        held = open(target)  # noqa: ASYNC230  a reader that opened the old file keeps the old content
         second = await c.put("d0", b"new\x00bytes\n", str(target), mode=0o600)
         return first, second, held
 

@@ -52,7 +52,7 @@ class Sim:
         try:
             doc = json.loads(p.stdout)
         except ValueError:
-            raise AssertionError(f"not one JSON object on stdout (rc {p.returncode}):\n{p.stdout}\n{p.stderr}")
+            raise AssertionError(f"not one JSON object on stdout (rc {p.returncode}):\n{p.stdout}\n{p.stderr}") from None
         return p.returncode, doc
 
     def node_exec(self, *argv: str, nodes: str | None = None) -> dict:

@@ -443,7 +443,7 @@ def summarize(runs: list[dict], sizes: list[int], keys: list[str]) -> list[dict]
             rs = by[k]
             good = [r for r in rs if r["ok"]]
 
-            def ratio(base: str, table: dict = med) -> float | None:
+            def ratio(base: str, table: dict = med, k: str = k) -> float | None:
                 return table[k] / table[base] if table.get(k) and table.get(base) else None
 
             # paired: this run against the same round's baseline run

@@ -86,7 +86,7 @@ def ping(text: str, rc: int) -> PingResult:
     bad = re.search(r"recv time out|Destination Host Unreachable|Message too long|send fail|"
                     r"not start to send|check recv msg fail|Command execute failed|Cmd execute failed", text)
     l1 = re.findall(r"L1 plane check result = (0x[0-9a-fA-F]+)", text)
-    ok = rc == 0 and m is not None and sent == received and sent > 0 and not bad and all(int(v, 16) == 0 for v in l1)
+    ok = rc == 0 and sent is not None and sent == received and sent > 0 and not bad and all(int(v, 16) == 0 for v in l1)
     if m:
         detail = m.group(0)
     else:

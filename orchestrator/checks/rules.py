@@ -241,12 +241,12 @@ def cluster_checks(facts: dict[str, NodeFacts], devices: dict[str, list[int]]) -
     for d, entries in sorted(planes.items()):
         nets = Counter(net for _, net in entries)
         if len(nets) > 1:
-            majority = nets.most_common(1)[0][0]
-            for n, net in entries:
-                if net != majority:
-                    out.append(Check(n, "subnet", "fail", f"device {d} in {net}",
-                                     f"plane {d} is {majority} on the other nodes",
-                                     f"put device {d} in {majority}: hccn_tool -i {d} -ip -s address <ip in {majority}> "
+            common = nets.most_common(1)[0][0]
+            for node, subnet in entries:
+                if subnet != common:
+                    out.append(Check(node, "subnet", "fail", f"device {d} in {subnet}",
+                                     f"plane {d} is {common} on the other nodes",
+                                     f"put device {d} in {common}: hccn_tool -i {d} -ip -s address <ip in {common}> "
                                      "netmask <mask>", d))
 
     # A3: SDID unique within a Super Pod; one Server Index per node.

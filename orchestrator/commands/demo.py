@@ -92,7 +92,7 @@ async def _demo(inventory: str, keep: bool) -> int:
             return report.exit_code
         out("\n[bold]2. deploy up[/bold]")
         ledger = Ledger(plan.name)
-        ledger.inventory_text, ledger.inventory_file = Path(inventory).read_text(), inventory
+        ledger.inventory_text, ledger.inventory_file = Path(inventory).read_text(), inventory  # noqa: ASYNC240 (one small local file)
         result = await Up(plan, cluster, progress, ledger, UpOptions(skip_checks=True)).run()
         ledger.save()
         if not result.ok:
@@ -108,6 +108,7 @@ async def _demo(inventory: str, keep: bool) -> int:
             return 1
         out("\n[bold]4. a chat completion through the proxy[/bold]")
         p = plan.proxy
+        assert p is not None, "the demo inventory has a proxy"
         r = await completion(cluster, p.node, p.host, p.port, plan.inventory.model.served,
                              prompt="What is an Ascend NPU?", chat=True)
         text = ""

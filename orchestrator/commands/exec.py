@@ -100,7 +100,7 @@ def command(inventory: str, command: tuple[str, ...], selector: str | None, as_j
         click.echo(json.dumps(doc))
     else:
         click.echo(render(results), nl=False)
-        tail = f", {doc['summary']['interrupted']} interrupted" if interrupted else ""
+        tail = f", {sum(c == 'interrupted' for c in causes)} interrupted" if interrupted else ""
         click.echo(f"{len(results)} nodes: {counts['ok']} ok, {counts['failed']} failed, "
                    f"{counts['unreachable']} unreachable{tail}")
         if logs is not None:
@@ -128,6 +128,7 @@ async def _run(inv, names: list[str], argv: list[str], timeout: float | None, lo
 def render(results: dict[str, Outcome]) -> str:
     """Group nodes whose status, rc and output are identical; one block per group."""
     groups: dict[tuple, list[str]] = defaultdict(list)
+    key: tuple
     for n, o in results.items():
         if o.status == "unreachable":  # one block per kind (refused, auth …), a line per node
             key = (o.status, None, "", "", o.reason.split(":")[0])

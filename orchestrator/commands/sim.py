@@ -5,6 +5,7 @@ Exit codes: 0 ok, 1 the simulator failed (or `down` left processes), 2 usage or 
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import click
 
@@ -18,7 +19,7 @@ _DIR = click.option("--dir", "root", type=click.Path(file_okay=False), default=N
                     help="Simulator directory (default /tmp/deploy-sim-<uid>).")
 
 
-def _fail(err: SimError) -> NoReturn:  # noqa: F821
+def _fail(err: SimError) -> NoReturn:
     click.echo(f"deploy sim: {err}", err=True)
     sys.exit(EXIT_USAGE if isinstance(err, SimUsageError) else EXIT_FAILED)
 

@@ -21,6 +21,13 @@ class RankRef:
     def node(self) -> str:
         return self.rank.node
 
+    @property
+    def port(self) -> int:
+        """The rank's HTTP port; only asked of the ranks that serve HTTP (`http_ranks`)."""
+        if self.rank.port is None:
+            raise ValueError(f"rank {self.key} serves no HTTP port")
+        return self.rank.port
+
     def where(self) -> str:
         from ..render import devices_text
 
@@ -62,8 +69,8 @@ def smoke_target(plan: Plan) -> tuple[str, str, int]:
     """(node, ip, port) a completion goes to: the proxy, else the first rank serving HTTP."""
     if plan.proxy is not None:
         return plan.proxy.node, plan.proxy.host, plan.proxy.port
-    r = next(r for r in plan.ranks if r.port is not None)
-    return r.node, r.ip, r.port
+    r, port = next((r, r.port) for r in plan.ranks if r.port is not None)
+    return r.node, r.ip, port
 
 
 def deployment_ports(plan: Plan, node: str) -> set[int]:

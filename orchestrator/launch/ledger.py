@@ -98,8 +98,9 @@ class Ledger:
                              f"expected {VERSION}")
         ranks = {k: RankEntry(**v) for k, v in data.get("ranks", {}).items()}
         return cls(name=data["name"], inventory_text=data.get("inventory_text", ""),
-                   inventory_file=data.get("inventory_file", ""), plan=data.get("plan", {}), containers=data.get("containers", {}),
-                   ranks=ranks, proxy_pid=data.get("proxy_pid"), ranktable_hash=data.get("ranktable_hash"), steps=data.get("steps", []),
+                   inventory_file=data.get("inventory_file", ""), plan=data.get("plan", {}),
+                   containers=data.get("containers", {}), ranks=ranks, proxy_pid=data.get("proxy_pid"),
+                   ranktable_hash=data.get("ranktable_hash"), steps=data.get("steps", []),
                    state=data.get("state", "new"))
 
     def save(self) -> None:

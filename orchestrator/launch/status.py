@@ -18,7 +18,8 @@ from . import http, nodeside
 from .deployment import RankRef, rank_refs
 from .ledger import Ledger
 
-_METRIC = re.compile(r'^(vllm:(?:num_requests_running|num_requests_waiting|kv_cache_usage_perc))(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$', re.M)
+_METRIC = re.compile(r'^(vllm:(?:num_requests_running|num_requests_waiting|kv_cache_usage_perc))'
+                     r'(?:\{[^}]*\})?\s+([0-9.eE+-]+)\s*$', re.M)
 
 
 @dataclass

@@ -11,7 +11,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..transport import Cause as TCause
 from ..transport import Outcome
@@ -64,7 +64,7 @@ class NodeResult:
         return self.cause in (Cause.OK, Cause.SKIPPED)
 
     def to_json(self) -> dict:
-        out = {"node": self.node, "cause": self.cause.value, "message": self.message}
+        out: dict[str, Any] = {"node": self.node, "cause": self.cause.value, "message": self.message}
         if self.fix:
             out["fix"] = self.fix
         if self.data:

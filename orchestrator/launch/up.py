@@ -185,7 +185,7 @@ class Up:
 
     async def _health(self, ref: RankRef) -> http.Response:
         return await http.request(lambda h, p: self.cluster.open_tcp(ref.node, h, p),
-                                  ref.rank.ip, ref.rank.port, "GET", "/health", timeout=HEALTH_TIMEOUT)
+                                  ref.rank.ip, ref.port, "GET", "/health", timeout=HEALTH_TIMEOUT)
 
     async def _proxy_healthy(self) -> bool:
         if self.plan.proxy is None:
@@ -574,14 +574,14 @@ class Up:
                 self.ledger.save()
                 await asyncio.sleep(POLL)
         ok = not result.failed_groups
-        res = {n: NodeResult(n, Cause.OK, "ready") for n in self.nodes}
+        per_node = {n: NodeResult(n, Cause.OK, "ready") for n in self.nodes}
         for g, msg in result.failed_groups.items():
             for r in groups[g]:
                 cause = Cause.UNREACHABLE if r.node in self.lost else Cause.FAILED
-                res[r.node] = NodeResult(r.node, cause, msg.splitlines()[0],
+                per_node[r.node] = NodeResult(r.node, cause, msg.splitlines()[0],
                                          "read the rank's log and the diagnostics above; fix, then deploy up again "
                                          "(healthy groups keep running)")
-        report = StepReport(Kind.READINESS, "readiness", res, time.monotonic() - t0)
+        report = StepReport(Kind.READINESS, "readiness", per_node, time.monotonic() - t0)
         self.runner.reports.append(report)
         self._record(report)
         if ok:
@@ -730,7 +730,7 @@ class Up:
         async def one(ref: RankRef) -> tuple[RankRef, http.Response | None]:
             for _ in range(n):
                 r = await http.request(lambda h, p: self.cluster.open_tcp(ref.node, h, p), ref.rank.ip,
-                                       ref.rank.port, "POST", "/v1/completions", body, timeout=SMOKE_TIMEOUT,
+                                       ref.port, "POST", "/v1/completions", body, timeout=SMOKE_TIMEOUT,
                                        headers=headers)
                 if not r.ok:
                     return ref, r

@@ -78,7 +78,7 @@ class _Node:
     def __init__(self, name: str, log_path: Path):
         self.name = name
         self.log = open(log_path, "a", buffering=1)
-        self.acceptor = None
+        self.acceptor: asyncssh.SSHAcceptor | None = None
         self.key: bytes | None = None
         self.where: tuple[str, int] | None = None
         self.conns: set = set()
@@ -109,7 +109,7 @@ class _Server(asyncssh.SSHServer):
 
     def validate_public_key(self, username: str, key) -> bool:
         ok = False
-        if username == self.daemon.sim.user:
+        if username == self.daemon.user:
             try:
                 lines = authorized_keys_path(self.daemon.root, self.node.name).read_text().splitlines()
             except OSError:
@@ -136,7 +136,7 @@ class _Server(asyncssh.SSHServer):
         return ok
 
     def auth_completed(self) -> None:
-        user, (addr, port) = self.daemon.sim.user, self.peer
+        user, (addr, port) = self.daemon.user, self.peer
         self.node.say(f"Accepted publickey for {user} from {addr} port {port}")
 
 
@@ -146,6 +146,13 @@ class Daemon:
         self.nodes: dict[str, _Node] = {}
         self.sim: Sim | None = None
         self.creds: dict = {}
+
+    @property
+    def user(self) -> str:
+        """The account the simulated nodes accept (known once reconcile() has loaded sim.json)."""
+        if self.sim is None:
+            raise RuntimeError("the embedded daemon has not loaded its simulator yet")
+        return self.sim.user
 
     async def reconcile(self) -> None:
         self.sim = sim = Sim.load(self.root)
@@ -161,11 +168,12 @@ class Daemon:
             if node.acceptor and (not want or key != node.key or node.where != (n.addr, n.port)):
                 node.acceptor.close()
                 node.acceptor = None
-                node.say(f"Stopped listening on {node.where[0]} port {node.where[1]}.")
+                if node.where is not None:
+                    node.say(f"Stopped listening on {node.where[0]} port {node.where[1]}.")
                 if not want:
                     for conn in list(node.conns):
                         conn.abort()
-            if want and node.acceptor is None:
+            if key is not None and node.acceptor is None:  # key is read when wanted
                 node.acceptor = await asyncssh.listen(
                     n.addr, n.port, server_factory=partial(_Server, self, node),
                     server_host_keys=[asyncssh.import_private_key(key)],
@@ -182,8 +190,8 @@ class Daemon:
         peer = process.get_extra_info("peername")[:2]
         local = process.get_extra_info("sockname")[:2]
         home = str(self.root / "home")
-        env = {**node_env(self.root, node), "HOME": home, "USER": self.sim.user,
-               "LOGNAME": self.sim.user, "SHELL": "/bin/sh",
+        env = {**node_env(self.root, node), "HOME": home, "USER": self.user,
+               "LOGNAME": self.user, "SHELL": "/bin/sh",
                "SSH_CLIENT": f"{peer[0]} {peer[1]} {local[1]}",
                "SSH_CONNECTION": f"{peer[0]} {peer[1]} {local[0]} {local[1]}"}
         argv = ["/bin/sh", "-c", process.command] if process.command is not None else ["/bin/sh"]

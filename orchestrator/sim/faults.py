@@ -209,7 +209,7 @@ def apply_fault(
         if arg == node:
             raise ValueError("ping-loss needs another node as peer")
         pdir = _node_dir(root, arg)
-        for this, other, d in ((node, arg, ndir), (arg, node, pdir)):
+        for other, d in ((arg, ndir), (node, pdir)):
             with node_lock(d):
                 st = load_state(d)
                 if other not in st.ping_loss:
@@ -238,8 +238,8 @@ def apply_fault(
             targets = _targets(st, device)
             if name == "vnic-down" and st.soc != "a3":
                 raise ValueError(f"vnic-down needs an A3 node; {node!r} is {st.soc}")
-            for d in targets:
-                _apply_device(st, d, name, arg, peer_state)
+            for dev in targets:
+                _apply_device(st, dev, name, arg, peer_state)
         st.faults.append(label)
         save_state(ndir, st)
     return [node]

@@ -155,7 +155,7 @@ def up(root: str | Path, inventory: str | None = None, *, nodes: int | None = No
         raw = yaml.safe_load(Path(inventory).read_text())
     elif not nodes or nodes < 1:
         raise SimUsageError("give an INVENTORY or --nodes N")
-    names = list(raw["nodes"]) if raw else [f"n{i}" for i in range(nodes)]
+    names = list(raw["nodes"]) if raw else [f"n{i}" for i in range(nodes or 0)]
     soc = raw["soc"] if raw else soc
     faults = read_faults_file(faults_file) if faults_file else []
     for item in faults:
@@ -186,6 +186,7 @@ def up(root: str | Path, inventory: str | None = None, *, nodes: int | None = No
         if raw is None:
             raw = generate_inventory(list(zip(names, addrs)), soc)
             inventory = str(root / "source-inventory.yaml")
+        assert inventory is not None  # given, or generated just above
         sim = Sim(dir=root, mode=mode, user=user, port=port, block=block, soc=soc,
                   inventory=str(root / "inventory.yaml"), source_inventory=os.path.abspath(inventory),
                   nodes={n: SimNode(addr=a, port=port, node_dir=str(root / "nodes" / n))
@@ -358,9 +359,10 @@ def _sync_node(sim: Sim, node: str, restart: bool) -> None:
     if sim.mode == "openssh":
         from . import openssh
 
-        running = bool(n.pid and alive(n.pid))
-        if running and not want_up:
-            openssh.stop(n.pid)
+        pid = n.pid
+        running = pid is not None and alive(pid)
+        if pid is not None and running and not want_up:
+            openssh.stop(pid)
             n.pid = None
         elif running and restart:
             openssh.restart(sim, node)

@@ -104,7 +104,10 @@ def restart(sim: Sim, node: str, timeout: float = 10.0) -> None:
     open connections stay its children. Done when the log shows it listening again."""
     log = sshd_dir(sim.dir, node) / "sshd.log"
     before = log.read_text(errors="replace").count("Server listening on")
-    os.kill(sim.nodes[node].pid, signal.SIGHUP)
+    pid = sim.nodes[node].pid
+    if pid is None:
+        raise RuntimeError(f"{node}: sshd is not running, nothing to restart")
+    os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while log.read_text(errors="replace").count("Server listening on") <= before:
         if time.monotonic() > deadline:

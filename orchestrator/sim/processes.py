@@ -58,7 +58,7 @@ def tail(path: Path, lines: int = 3) -> str:
 
 def alive(pid: int | None) -> bool:
     """Running and not a zombie (a killed child of ours stays a zombie until reaped)."""
-    return bool(pid) and proc_state(pid) not in ("", "Z", "X")
+    return pid is not None and pid > 0 and proc_state(pid) not in ("", "Z", "X")
 
 
 def proc_state(pid: int) -> str:

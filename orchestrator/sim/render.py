@@ -173,7 +173,7 @@ def _device_answers(state: NodeState, d: DeviceState) -> list[Answer]:
 
 def _device_scalars(state: NodeState, d: DeviceState) -> dict[str, str]:
     """What the ping paths need besides the answers (the shell variables of dev<N>.sh)."""
-    t = ["%d.%06d" % divmod(us * 1000, 1000000) for us in d.ping_us]
+    t = ["{}.{:06d}".format(*divmod(us * 1000, 1000000)) for us in d.ping_us]
     return {
         "node": state.name,
         "soc": state.soc,

@@ -11,6 +11,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 EXEC_MODE = 0o755
@@ -98,7 +99,7 @@ RUNTIME_SRC = Path(__file__).resolve().parent / "runtime"
 DEFAULT_REGISTRY = {"quay.io/ascend/vllm-ascend": ["*"]}
 
 
-def install_runtime(root: str | os.PathLike[str], images: list[str] = ()) -> Path:
+def install_runtime(root: str | os.PathLike[str], images: Sequence[str] = ()) -> Path:
     """Copy sim/runtime/*.py into ``DIR/runtime`` (the nodes run them with /usr/bin/python3: the
     package itself may not be readable by the nodes' user) and install ``DIR/bin/docker``.
 

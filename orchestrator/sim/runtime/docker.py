@@ -113,7 +113,7 @@ def userns(pid: int) -> str:
 
 def members(ns: str) -> list[int]:
     """Live processes in user namespace `ns` (the container's)."""
-    out = []
+    out: list[int] = []
     if not ns:
         return out
     for entry in os.listdir("/proc"):
@@ -298,7 +298,7 @@ def parse_env(items: list[str], files: list[str]) -> list[str]:
             with open(path) as f:
                 items = [ln.strip() for ln in f if ln.strip() and not ln.startswith("#")] + items
         except OSError as e:
-            raise Fail(f"open {path}: {e.strerror.lower()}", 125) from None
+            raise Fail(f"open {path}: {(e.strerror or str(e)).lower()}", 125) from None
     for item in items:
         if "=" in item:
             out.append(item)

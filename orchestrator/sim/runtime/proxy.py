@@ -452,7 +452,7 @@ class Proxy:
         except ValueError:
             return http.json_response({"detail": "bad body"}, 400)
         rid = params.get("request_id") if isinstance(params, dict) else None
-        rec = self.meta.get(rid)
+        rec = self.meta.get(rid) if isinstance(rid, str) else None
         if rec is None:
             return http.json_response({"detail": f"Unknown metaserver request_id: {rid!r}"}, 404)
         if rec["task"] is None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 
 try:  # as a package module (render.py) or as DIR/runtime/smi.py (next to occupancy.py)
     from . import occupancy
@@ -23,7 +24,7 @@ SEP_COLS = "+" + "-" * 27 + "+" + "-" * 15 + "+" + "-" * 52 + "+"
 SEP_NPU = "+" + "=" * 27 + "+" + "=" * 15 + "+" + "=" * 52 + "+"
 
 
-def info_table(state: dict, claims: list = (), visible: set[int] | None = None) -> str:
+def info_table(state: dict, claims: Sequence = (), visible: set[int] | None = None) -> str:
     """The table for `state` (state.json as a dict); `claims` are live (device, pid, MB, name)
     runtime claims, added to the process rows and HBM-Usage; `visible` limits the devices shown
     (a container's), None = all."""

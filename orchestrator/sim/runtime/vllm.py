@@ -98,7 +98,7 @@ class Frontend:
         self.ready = False
         self.dead = False
         self.garbage = False
-        self.stop = None  # asyncio.Event
+        self.stop: asyncio.Event | None = None  # made in main(), on the running loop
         self.exit_code = 0
         self.cfg: vllm_args.ServeConfig | None = None
         self.devices: list[list[int]] = []
@@ -357,9 +357,9 @@ class Frontend:
 
     async def main(self) -> int:
         loop = asyncio.get_running_loop()
-        self.stop = asyncio.Event()
+        self.stop = stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.stop.set)
+            loop.add_signal_handler(sig, stop.set)
         cfg = self.cfg
         assert cfg is not None
         group, leader = self.group()
@@ -388,7 +388,8 @@ class Frontend:
                 self.log.info("serve.py:236", f"Launching {cfg.dp_local} data parallel engine(s) in headless mode, "
                               f"with head node address tcp://{group['leader'][0]}:{group['leader'][1]}.")
         if leader and cfg.nnodes == 1 and cfg.dp_size > 1:
-            self.coordinator = subprocess.Popen([sys.executable, "-c", _COORDINATOR], stdin=subprocess.DEVNULL)
+            self.coordinator = subprocess.Popen(  # noqa: ASYNC220 (a spawn; it does not wait)
+                [sys.executable, "-c", _COORDINATOR], stdin=subprocess.DEVNULL)
             self.log.info("utils.py:835", f"Started DP Coordinator process (PID: {self.coordinator.pid})")
         self.spawn_engines(group)
         for c in self.children:
@@ -396,7 +397,7 @@ class Frontend:
         ticker = asyncio.create_task(self.tick())
         ticker.add_done_callback(self._tick_done)
         try:
-            await self.stop.wait()
+            await stop.wait()
         finally:
             ticker.cancel()
         return await self.shutdown()
@@ -609,15 +610,9 @@ class Frontend:
         for c in self.children:
             if c.get("orphan"):
                 continue
-            while c["proc"].poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if c["proc"].poll() is None:
-                c["proc"].kill()
+            await _end_by(c["proc"], deadline)
         if self.coordinator is not None and not self.orphans:
-            while self.coordinator.poll() is None and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            if self.coordinator.poll() is None:
-                self.coordinator.kill()
+            await _end_by(self.coordinator, deadline)
         if self.headless and graceful:
             self.log.info("serve.py:262", "Shutting down.")
         return self.exit_code
@@ -806,5 +801,14 @@ def main(argv: list[str] | None = None) -> int:
     return Frontend(args, argv).run()
 
 
+async def _end_by(proc: subprocess.Popen, deadline: float) -> None:
+    """Wait for a child until the deadline, then kill it: Popen gives no exit event to await."""
+    while proc.poll() is None and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.05)
+    if proc.poll() is None:
+        proc.kill()
+
+
 if __name__ == "__main__":
     sys.exit(main())
+

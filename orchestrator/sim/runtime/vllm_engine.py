@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import time
+from typing import NoReturn
 
 _HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, _HERE)  # the sibling modules: DIR/runtime/ on a node, this package in tests
@@ -96,7 +97,7 @@ class Engine:
         except (OSError, ValueError):
             self.status = None  # the front end is gone (SIGKILL): an orphan keeps running
 
-    def fail(self, last: str, frames=None, lines: list[str] | None = None, code: int = 1) -> None:
+    def fail(self, last: str, frames=None, lines: list[str] | None = None, code: int = 1) -> NoReturn:
         self.log.error("core.py:1011", "EngineCore failed to start.")
         print_traceback(frames or [(_CORE, 1002, "run_engine_core", "engine_core = DPEngineCoreProc(*args, **kwargs)")],
                         last, self.log.prefix)
@@ -236,6 +237,7 @@ class Engine:
             msg = self.recv(None)
             if msg is None:
                 self.master_lost(ready=False)
+                return
             if msg.get("op") == "group":
                 self.members = msg["members"]
                 return
@@ -379,9 +381,8 @@ class Engine:
             except OSError:
                 s.close()
                 self.log.error("mooncake_connector.py:314",
-                               "Mooncake KVCacheSendingThread encountered exception. Thread: tp_rank=%d, pp_rank=%d, "
-                               "listening_path=%s. Error: Address already in use (addr='%s')"
-                               % (tp_rank, pp_rank, path, path))
+                               f"Mooncake KVCacheSendingThread encountered exception. Thread: tp_rank={tp_rank:d}, "
+                               f"pp_rank={pp_rank:d}, listening_path={path}. Error: Address already in use (addr='{path}')")
                 print_traceback([(_MC, 310, "run", "with zmq_ctx(zmq.ROUTER, path) as sock:  # type: ignore"),
                                  ("/usr/local/python3.11.14/lib/python3.11/site-packages/zmq/sugar/socket.py", 311,
                                   "bind", "super().bind(addr)")],

@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 try:  # package import (tests) or a sibling module (DIR/runtime/ on a simulated node)
@@ -101,9 +102,9 @@ def torch_time() -> str:
 class Node:
     """The node's hardware truth, runtime knobs and this container's devices."""
 
-    def __init__(self, env: dict[str, str] | None = None):
+    def __init__(self, env: Mapping[str, str] | None = None):
         env = os.environ if env is None else env
-        self.env = env
+        self.env: Mapping[str, str] = env
         self.dir = Path(env.get("DEPLOY_SIM_NODE") or ".")
         self.container_dir = Path(env["DEPLOY_SIM_CONTAINER"]) if env.get("DEPLOY_SIM_CONTAINER") else None
         self.state = _read_json(self.dir / "state.json") or {}

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 import asyncssh
 from asyncssh.config import SSHClientConfig
@@ -417,6 +417,18 @@ echo "left:" $(scan "$@")
 """
 
 
+def _cfg_str(cfg: SSHClientConfig, key: str) -> str | None:
+    """A string option of the user's ssh config for one host (None when unset)."""
+    value = cfg.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _cfg_int(cfg: SSHClientConfig, key: str) -> int | None:
+    """An integer option (Port) of the user's ssh config for one host (None when unset)."""
+    value = cfg.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class Cluster:
     """The SSH side of one CLI run over an inventory's nodes (async context manager).
 
@@ -466,7 +478,7 @@ class Cluster:
         self._conns: dict[str, asyncio.Task] = {}
         self._jumps: dict[str, asyncio.Task] = {}
         self._logs: dict[str, _NodeLog] = {}
-        self._identities: dict[str, list] = {}
+        self._identities: dict[str, Sequence[asyncssh.SSHKeyPair]] = {}
         self._configs: dict[str, SSHClientConfig] = {}
         self._local_user: str | None = None
         raise_nofile(2 * len(self.nodes) + 64)
@@ -629,8 +641,8 @@ class Cluster:
         if cfg is None:
             if self._local_user is None:
                 self._local_user = getpass.getuser()
-            cfg = SSHClientConfig.load(None, self._config_paths, False, False, False,
-                                       self._local_user, (), host, ())
+            cfg = cast(SSHClientConfig, SSHClientConfig.load(None, self._config_paths, False, False, False,
+                                                             self._local_user, (), host, ()))
             self._configs[host] = cfg
         return cfg
 
@@ -638,15 +650,15 @@ class Cluster:
         node, ssh = self.inv.nodes[name], self.inv.ssh
         try:
             cfg = self._config(node.host)
-            jump = ssh.jump or cfg.get("ProxyJump")
+            jump = ssh.jump or _cfg_str(cfg, "ProxyJump")
             tunnel = None
             if jump:
                 tunnel = await self._jump(jump)
                 if isinstance(tunnel, str):
                     return self._unreachable(name, f"jump host {jump}: {tunnel}")
             return await self._dial(
-                node.host, node.port or ssh.port or cfg.get("Port") or 22,
-                node.user or ssh.user or cfg.get("User") or "root",
+                node.host, node.port or ssh.port or _cfg_int(cfg, "Port") or 22,
+                node.user or ssh.user or _cfg_str(cfg, "User") or "root",
                 node.identity_file or ssh.identity_file, tunnel)
         except _Failed as f:
             return self._unreachable(name, f.reason)
@@ -665,7 +677,7 @@ class Cluster:
         `ssh.identity_file` (else ssh config and the agent), as bastions usually take the same.
         """
         async def open_chain() -> asyncssh.SSHClientConnection | str:
-            conn = None
+            conn: asyncssh.SSHClientConnection | None = None
             try:
                 hops = parse_jump(spec)  # ssh.jump is checked at load; ProxyJump is not
             except ValueError as e:
@@ -673,10 +685,10 @@ class Cluster:
             try:
                 for user, host, port in hops:
                     cfg = self._config(host)
-                    conn = await self._dial(host, port or cfg.get("Port") or 22,
-                                            user or cfg.get("User") or "root",
+                    conn = await self._dial(host, port or _cfg_int(cfg, "Port") or 22,
+                                            user or _cfg_str(cfg, "User") or "root",
                                             self.inv.ssh.identity_file, conn)
-                return conn
+                return conn if conn is not None else f"jump spec {spec!r} names no host"
             except _Failed as f:
                 return f.reason
             except NETWORK_ERRORS as e:
@@ -686,7 +698,7 @@ class Cluster:
             self._jumps[spec] = asyncio.ensure_future(open_chain())
         return await asyncio.shield(self._jumps[spec])
 
-    def _identity(self, path: str | None) -> list | tuple:
+    def _identity(self, path: str | None) -> Sequence[asyncssh.SSHKeyPair]:
         if not path:
             return ()  # ssh config IdentityFile, ~/.ssh defaults and the agent
         if path not in self._identities:  # parse once per run, not once per node

@@ -869,7 +869,11 @@ class _Planner:
             mine = [r for r in ranks if r.node == node]
             if not mine:
                 continue
-            devices = sorted({d for r in mine for d in r.devices})
+            # Every device of the node, as the guides' `docker run` has it, not just the ones the
+            # ranks use: inside a container that mounts a subset, the runtime renumbers the devices
+            # from 0, and ASCEND_RT_VISIBLE_DEVICES / the rank table's device_id (physical ids)
+            # would name the wrong ones (vllm-ascend#2618). Visibility is ASCEND_RT_VISIBLE_DEVICES' job.
+            devices = range(inv.devices_per_node)
             socket_env = tuple((k, mine[0].env[k]) for k in SOCKET_ENV) if guard else None
             out.append(ContainerPlan(
                 node=node, name=name, image=c.image,

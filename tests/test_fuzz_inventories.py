@@ -18,7 +18,7 @@ from orchestrator.cli import main
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "inventories").glob("*.yaml"))
 DATA = {p.name: yaml.safe_load(p.read_text()) for p in EXAMPLES}
 TOP_LEVEL_OK = ("YAML syntax", "the inventory must be a YAML mapping", "nesting deeper",
-                "alias", "anchor", "is not UTF-8")
+                "alias", "anchor", "is not UTF-8", "a mapping key must be a plain scalar")
 
 SHELL = st.text(alphabet=st.sampled_from(list("$`'\"\\;&|<>(){}[]*?~#!\n =-_aZ09./:")), max_size=20)
 VALUES = st.recursive(

@@ -126,8 +126,11 @@ def test_container_argv_layout():
     c = plan.container_on("d0")
     assert c.argv[:8] == ["docker", "run", "-d", "--name", "mine", "--net=host", "--shm-size=64g", "--privileged"]
     assert c.argv[-3:] == ["reg/img:2", "sleep", "infinity"]
+    # every device of the node, though d0's ranks use 4..11: in a container that mounts a subset
+    # the runtime renumbers devices from 0 and the physical ids the ranks are given would be wrong
     devs = [c.argv[i + 1] for i, t in enumerate(c.argv) if t == "--device"]
-    assert devs == [f"/dev/davinci{d}" for d in range(4, 12)] + list(CONTROL_DEVICES)
+    assert devs == [f"/dev/davinci{d}" for d in range(16)] + list(CONTROL_DEVICES)
+    assert plan.ranks_on("d0")[0].env["ASCEND_RT_VISIBLE_DEVICES"].split(",")[0] == "4"
     binds = [c.argv[i + 1] for i, t in enumerate(c.argv) if t == "-v"]
     std = [f"{p}:{p}" for p in DRIVER_MOUNTS]
     std[DRIVER_MOUNTS.index("/etc/hccn.conf")] = "/my/hccn.conf:/etc/hccn.conf"   # replaced in place

@@ -180,6 +180,8 @@ def test_secrets_never_on_a_command_line_nor_in_any_output(tmp_dir, monkeypatch)
         p = sim.run("teardown", sim.inventory, "--json")
         assert p.returncode == 0, p.stdout[-2000:]
         _assert_absent(values, p.stdout, p.stderr, where="deploy teardown --json")
+        left = node.sh(f'ls "${{DEPLOY_NODE_ROOT-}}/var/tmp/deploy/{name}"', "n0").split()
+        assert "rank-serve-n0-0.log" in left and not [f for f in left if f.endswith(".env")], left
         assert _assert_state_clean(Path(sim.env["DEPLOY_STATE_DIR"]), values) >= 5
     finally:
         sim.run("teardown", sim.inventory)

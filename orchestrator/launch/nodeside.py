@@ -102,6 +102,11 @@ def write_private_script(files: dict[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def remove_files_script(paths: list[str]) -> str:
+    """sh text removing host files (absent ones are fine)."""
+    return "".join(f"rm -f -- {nodepaths.host_path(p)}\n" for p in paths) or "true\n"
+
+
 def pids_script(pidfiles: list[str]) -> str:
     """sh text printing `@@pid PATH` then the PID in each host pid file (nothing if absent)."""
     return "".join(f"echo {shlex.quote('@@pid ' + f)}; cat {nodepaths.host_path(f)} 2>/dev/null; echo\n"

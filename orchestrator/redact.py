@@ -29,7 +29,10 @@ import json
 import re
 import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .plan import Plan, Rank
 
 REDACTED = "<redacted>"  # a valid YAML plain scalar, unlike `***` (an alias there)
 _SUFFIXES = ("KEY", "TOKEN", "SECRET", "PASSWORD", "PASSWD")
@@ -169,7 +172,7 @@ def _redact_yaml(text: str) -> str:
 # ------------------------------------------------------------------ secret values of a plan
 
 
-def rank_secret_env(rank) -> dict[str, str]:
+def rank_secret_env(rank: Rank) -> dict[str, str]:
     """What a rank gets from its 0600 env file: its secret env, and the secret flags vLLM has a
     variable for (FLAG_ENV: the flag wins over the variable, as in vLLM)."""
     env = {k: v for k, v in rank.env.items() if is_secret_env(k)}
@@ -179,7 +182,7 @@ def rank_secret_env(rank) -> dict[str, str]:
     return env
 
 
-def rank_argv(rank) -> list[str]:
+def rank_argv(rank: Rank) -> list[str]:
     """The rank's argv without the secret flags that move to its env file."""
     out: list[str] = []
     skip = False
@@ -195,7 +198,7 @@ def rank_argv(rank) -> list[str]:
     return out
 
 
-def secret_flags_on_argv(plan) -> list[str]:
+def secret_flags_on_argv(plan: Plan) -> list[str]:
     """`group: --flag` of secret flags that must stay on a command line (no variable exists)."""
     out: list[str] = []
     for r in plan.ranks:
@@ -208,7 +211,7 @@ def secret_flags_on_argv(plan) -> list[str]:
     return out
 
 
-def plan_values(plan) -> set[str]:
+def plan_values(plan: Plan) -> set[str]:
     """Every secret value a plan holds (rank env and flags, container env, proxy flags)."""
     values: set[str] = set()
     for r in plan.ranks:
@@ -221,7 +224,7 @@ def plan_values(plan) -> set[str]:
     return {v for v in values if v and v != REDACTED}
 
 
-def digest(plan, salt: str) -> str:
+def digest(plan: Plan, salt: str) -> str:
     """A keyed hash of the plan's secret values: the ledger tells a changed key from the same
     one without keeping it."""
     msg = json.dumps(sorted(plan_values(plan))).encode()
@@ -253,7 +256,7 @@ def register(values: Iterable[str]) -> None:
             setattr(sys, name, _Scrubbing(stream))
 
 
-def register_plan(plan) -> None:
+def register_plan(plan: Plan) -> None:
     register(plan_values(plan))
 
 
@@ -279,15 +282,15 @@ def scrub_obj(obj: Any) -> Any:
 class _Scrubbing:
     """A text stream that scrubs registered values from what is written, passing the rest on."""
 
-    def __init__(self, stream):
+    def __init__(self, stream: Any):
         self._stream = stream
 
-    def write(self, text):
+    def write(self, text: Any) -> Any:
         return self._stream.write(scrub(text) if isinstance(text, str) else text)
 
-    def writelines(self, lines):
+    def writelines(self, lines: Iterable[Any]) -> None:
         for line in lines:
             self.write(line)
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)

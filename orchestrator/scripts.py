@@ -387,5 +387,5 @@ def node_script(plan: Plan, node: str) -> str:
     for rank in plan.ranks_on(node):
         out.append(f"# ==== {nodepaths.script_name(rank)}\n" + rank_script(plan, rank))
     if plan.proxy is not None and plan.proxy.node == node:
-        out.append(f"# ==== {posixpath.basename(nodepaths.proxy_script(plan.inventory))}\n" + proxy_script(plan))
+        out.append(f"# ==== {posixpath.basename(nodepaths.proxy_script(plan.inventory))}\n" + (proxy_script(plan) or ""))
     return "\n".join(out)

@@ -183,19 +183,28 @@ def rank_secret_env(rank: Rank) -> dict[str, str]:
 
 
 def rank_argv(rank: Rank) -> list[str]:
-    """The rank's argv without the secret flags that move to its env file."""
-    out: list[str] = []
-    skip = False
-    for tok in rank.argv:
-        if tok.startswith("--"):
-            name, eq, _v = tok[2:].partition("=")
-            moved = flag_name(name) in FLAG_ENV
-            skip = moved and not eq
-            if not moved:
-                out.append(tok)
-        elif not skip:
-            out.append(tok)
+    """The rank's argv without the secret flags that move to its env file (FLAG_ENV) with their
+    values; such a flag given bare (`--hf-token`: use the cached login) stays."""
+    argv, out, i = rank.argv, [], 0
+    while i < len(argv):
+        tok = argv[i]
+        name, eq, _v = tok[2:].partition("=") if tok.startswith("--") else ("", "", "")
+        if name and flag_name(name) in FLAG_ENV:
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("--"):
+                j += 1
+            if eq or j > i + 1:  # it has a value: dropped with it
+                i = j
+                continue
+        out.append(tok)
+        i += 1
     return out
+
+
+def secret_warnings(plan: Plan) -> list[str]:
+    """One line per secret flag that stays on a command line on the node."""
+    return [f"{item} is a secret vLLM reads from no environment variable: it is shown as {REDACTED} "
+            "but is on the command line on the node (visible in ps there)" for item in secret_flags_on_argv(plan)]
 
 
 def secret_flags_on_argv(plan: Plan) -> list[str]:

@@ -150,6 +150,16 @@ def test_container_secret_with_a_line_break_is_refused():
         scripts.container_env_file_text(plan.containers[0])
 
 
+def test_bare_hf_token_flag_stays():
+    from types import SimpleNamespace
+
+    r = SimpleNamespace(argv=["vllm", "serve", "/m", "--hf-token", "--port", "1"], env={})
+    assert redact.rank_argv(r) == r.argv and redact.rank_secret_env(r) == {}
+    r = SimpleNamespace(argv=["vllm", "serve", "/m", "--hf-token=" + TOKEN, "--api-key", KEY, "--x"], env={})
+    assert redact.rank_argv(r) == ["vllm", "serve", "/m", "--x"]
+    assert redact.rank_secret_env(r) == {"HF_TOKEN": TOKEN, "VLLM_API_KEY": KEY}
+
+
 def test_secret_flag_without_a_variable_is_named(plan):
     data = yaml.safe_load(_inventory())
     data["args"]["db-password"] = "pw-on-argv"
@@ -274,6 +284,21 @@ def test_plan_cli_redacts_every_form(tmp_path):
         _absent(p.stdout + p.stderr)
         assert "pw-on-argv-123" not in p.stdout + p.stderr
     assert "--db-password is a secret vLLM reads from no environment variable" in outs[0]
+
+
+
+def test_up_status_teardown_warn_of_a_secret_flag_on_argv(tmp_path, capsys):
+    """What up/status/teardown load their plan with says it too (no node is contacted here)."""
+    from orchestrator.launch.session import plan_from_file
+
+    path = tmp_path / "inv.yaml"
+    data = yaml.safe_load(_inventory())
+    data["args"]["db-password"] = "pw-on-argv-123"
+    path.write_text(yaml.safe_dump(data))
+    plan, text = plan_from_file(str(path), as_json=False)
+    err = capsys.readouterr().err
+    assert "warning: group serve: --db-password is a secret vLLM reads from no environment variable" in err
+    assert "pw-on-argv-123" in text and "pw-on-argv-123" not in err
 
 
 _IGNORE_HOST_KEYS = [re.compile(p) for p in (

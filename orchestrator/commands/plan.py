@@ -9,7 +9,7 @@ import json
 import click
 
 from ..cliutil import JsonCommand, load_plan_or_exit
-from ..redact import REDACTED, redact_plan_json, secret_flags_on_argv
+from ..redact import redact_plan_json, secret_warnings
 from ..render import plan_table
 from ..scripts import node_script
 
@@ -22,9 +22,8 @@ from ..scripts import node_script
 def command(inventory: str, as_json: bool, script_node: str | None) -> None:
     """Validate INVENTORY and print the plan: ranks, devices, ports, proxy, ordered steps."""
     plan = load_plan_or_exit(inventory)
-    for item in secret_flags_on_argv(plan):
-        click.echo(f"warning: {item} is a secret vLLM reads from no environment variable: it is shown as "
-                   f"{REDACTED} here but is on the command line on the node (visible in ps there)", err=True)
+    for line in secret_warnings(plan):
+        click.echo(f"warning: {line}", err=True)
     if script_node is not None:
         if script_node not in plan.inventory.nodes:
             raise click.BadParameter(f"'{script_node}' is not a node of the inventory "

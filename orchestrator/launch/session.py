@@ -32,6 +32,8 @@ def plan_from_file(path: str, as_json: bool) -> tuple[Plan, str]:
     if not as_json:
         for w in plan.warnings:
             click.echo(format_problem(w, plan.inventory.source), err=True)
+        for line in redact.secret_warnings(plan):
+            click.echo(f"warning: {line}", err=True)
     try:
         text = Path(path).read_text()
     except OSError:

@@ -63,6 +63,18 @@ def is_secret_flag(flag: str) -> bool:
     return _secret_name(flag_name(flag))
 
 
+def secret_path(path: tuple) -> bool:
+    """An inventory field path (`("groups", 0, "env", "HF_TOKEN")`, `("args", "api-key", ...)`)
+    that holds a secret value: its messages must not quote it."""
+    for i in range(len(path) - 2, -1, -1):
+        name = path[i + 1]
+        if path[i] == "env" and isinstance(name, str):
+            return is_secret_env(name)
+        if path[i] == "args" and isinstance(name, str):
+            return is_secret_flag(name)
+    return False
+
+
 def redact_env(env: dict[str, Any]) -> dict[str, Any]:
     return {k: (REDACTED if v is not None and is_secret_env(k) else v) for k, v in env.items()}
 

@@ -320,3 +320,18 @@ def test_no_client_anywhere_ignores_host_keys():
             text = path.read_text(errors="replace")
             hits += [f"{path.relative_to(ROOT)}: {m.group(0)}" for p in _IGNORE_HOST_KEYS for m in p.finditer(text)]
     assert not hits, hits
+
+
+def test_inventory_errors_never_quote_a_secret_value():
+    from orchestrator.errors import InventoryError
+
+    data = yaml.safe_load(_inventory())
+    data["env"]["HF_TOKEN"] = {"nested": TOKEN}
+    data["groups"][0].setdefault("env", {})["OTHER"] = {"nested": "plain-value"}
+    with pytest.raises(InventoryError) as e:
+        parse_inventory(yaml.safe_dump(data))
+    text = e.value.render()
+    assert TOKEN not in text and "env.HF_TOKEN" in text and "<redacted> (a mapping)" in text
+    assert "plain-value" in text  # other values are still quoted
+    assert redact.secret_path(("groups", 0, "env", "HF_TOKEN", "str")) and redact.secret_path(("args", "api-key"))
+    assert not redact.secret_path(("env", "HCCL_IF_IP")) and not redact.secret_path(("model", "path"))

@@ -94,6 +94,9 @@ def load_plan_or_exit(path: str):
         plan = load_and_plan(path)
     except InventoryError as err:
         fail_inventory(err)
+    from .redact import register_plan
+
+    register_plan(plan)  # from here on no output shows its secret values
     for w in plan.warnings:
         click.echo(format_problem(w, plan.inventory.source), err=True)
     return plan

@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from pydantic_core import ErrorDetails
 
 from .errors import InventoryError, Problem, Source, excerpt
+from .redact import REDACTED, secret_path
 from .yamlmarks import LimitError, load_located
 
 SOC_DEVICES = {"a2": 8, "a3": 16}
@@ -524,8 +525,20 @@ _KINDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a strin
           list: "a list", dict: "a mapping", type(None): "null"}
 
 
+class _Hidden:
+    """A secret's value in a message: its kind, never the value."""
+
+    def __init__(self, value: Any):
+        self.kind = _KINDS.get(type(value), type(value).__name__)
+
+    def __repr__(self) -> str:
+        return REDACTED
+
+
 def _given(value: Any) -> str:
     """`true (a boolean)`: what the file gave, as YAML would spell it, cut short."""
+    if isinstance(value, _Hidden):
+        return f"{REDACTED} ({value.kind})"
     kind = _KINDS.get(type(value), type(value).__name__)
     if isinstance(value, bool):
         return f"{'true' if value else 'false'} ({kind})"
@@ -541,6 +554,8 @@ def _schema_problem(err: ErrorDetails, data: Any) -> Problem:
     is_key = bool(loc) and loc[-1] == "[key]"
     if is_key:
         value = loc[-2]
+    elif secret_path(path):  # never quote a secret's value back (orchestrator/redact.py)
+        value = _Hidden(value)
     if kind == "extra_forbidden":
         key = str(loc[-1])
         parent = loc[:-1]

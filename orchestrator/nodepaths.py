@@ -79,7 +79,8 @@ def proxy_pid(inventory) -> str:
 
 
 def env_file(inventory) -> str:
-    """0600 file of secret environment values (never on a command line)."""
+    """0600 file of the secret container.env values, read by `docker run --env-file` (never
+    on a command line)."""
     return f"{remote_dir(inventory)}/secret.env"
 
 
@@ -91,3 +92,13 @@ def sitecustomize_file(inventory) -> str:
 def script_name(rank) -> str:
     """The file name (no folder) of a rank's launch script."""
     return f"rank-{rank_key(rank)}.sh"
+
+
+def rank_env_file(inventory, rank) -> str:
+    """The rank's 0600 file of secret environment values, sourced by its launch script."""
+    return f"{remote_dir(inventory)}/rank-{rank_key(rank)}.env"
+
+
+def proxy_env_file(inventory) -> str:
+    """The proxy's 0600 env file (the API key it sends to the backends)."""
+    return f"{remote_dir(inventory)}/proxy.env"

@@ -60,8 +60,9 @@ def run_dir(inventory, command: str, now: datetime | None = None) -> Path:
     base = state_dir()
     runs = inside(inside(base, inventory_name), "runs")
     try:
+        base.mkdir(parents=True, exist_ok=True, mode=0o700)
         runs.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for private in (runs.parent, runs):  # logs, ledger and plans may hold secrets: not world-readable
+        for private in (base, runs.parent, runs):  # logs, ledger and plans may hold secrets: not world-readable
             os.chmod(private, 0o700)
         prune(runs, keep_runs() - 1)
         for n in range(1, 1000):
@@ -74,6 +75,17 @@ def run_dir(inventory, command: str, now: datetime | None = None) -> Path:
     except OSError as e:
         raise StateError(runs, e) from None
     raise StateError(runs, "1000 runs started in the same second")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file of the state folder 0600, scrubbed of every registered secret value
+    (orchestrator/redact.py): diagnostics bundles hold log tails a node sent back."""
+    from .redact import scrub
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(f.fileno(), 0o600)
+        f.write(scrub(text))
 
 
 def prune(runs: Path, keep: int) -> None:

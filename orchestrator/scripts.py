@@ -13,11 +13,14 @@ Order inside a rank script, and why:
 2. `container.env_files`, each only when present (`[ -f F ] && . F`): the environment an
    interactive shell in the image has, so the exports below can build on it
    (`LD_LIBRARY_PATH=...:$LD_LIBRARY_PATH`) and override it;
-3. the rank's env (`export`), then the socket-env guard's `DEPLOY_SOCKET_ENV`;
+3. the rank's env (`export`), then its secrets from its 0600 env file (sourced: never on a
+   command line, never in this script; see redact.py), then the socket-env guard's
+   `DEPLOY_SOCKET_ENV`;
 4. `unset` of the names the inventory sets to null — last, so a variable set by an env file or
    the image (`http_proxy`) is gone too;
 5. `exec vllm serve ...`: no `set -e` and no wrapper process; the PID the runtime records is the
-   server's own.
+   server's own. Secret flags vLLM reads from a variable (`--api-key`: VLLM_API_KEY) are not
+   on this line.
 """
 from __future__ import annotations
 
@@ -27,8 +30,8 @@ import re
 import shlex
 from string import Template
 
-from . import nodepaths
-from .plan import SOCKET_ENV, ContainerPlan, Plan, Rank
+from . import nodepaths, redact
+from .plan import KEEPALIVE, SOCKET_ENV, ContainerPlan, Plan, Rank
 from .playbooks import read
 
 SOCKET_ENV_VAR = "DEPLOY_SOCKET_ENV"
@@ -121,8 +124,34 @@ def socket_env(plan: Plan, rank: Rank) -> dict[str, str] | None:
     return {k: rank.env[k] for k in SOCKET_ENV}
 
 
+def env_lines(env: dict[str, str]) -> list[str]:
+    return [f"export {env_name(k)}={shell_value(v, f'env {k}')}" for k, v in env.items()]
+
+
+def source_secret_file(path: str, names: list[str]) -> str:
+    """sh that reads a 0600 env file into the environment, refusing to go on without it."""
+    q = quote(path)
+    return (f"# secrets ({', '.join(names)}): from {path}, mode 0600, never on a command line\n"
+            f"[ -r {q} ] || {{ echo {quote('deploy: cannot read ' + path)} >&2; exit 1; }}\n. {q}")
+
+
+def rank_secrets(rank: Rank) -> dict[str, str]:
+    """What the rank's env file holds (redact.rank_secret_env): empty when it has no secret."""
+    return redact.rank_secret_env(rank)
+
+
+def rank_env_file_text(rank: Rank) -> str | None:
+    """The rank's 0600 env file (nodepaths.rank_env_file): sh `export` lines, sourced by its
+    launch script; None when the rank has no secret."""
+    env = rank_secrets(rank)
+    return "\n".join(env_lines(env)) + "\n" if env else None
+
+
 def rank_exports(plan: Plan, rank: Rank) -> str:
-    lines = [f"export {env_name(k)}={shell_value(v, f'env {k}')}" for k, v in rank.env.items()]
+    secret = rank_secrets(rank)
+    lines = env_lines({k: v for k, v in rank.env.items() if k not in secret})
+    if secret:
+        lines.append(source_secret_file(nodepaths.rank_env_file(plan.inventory, rank), sorted(secret)))
     guard = socket_env(plan, rank)
     if guard is not None:
         lines.append(f"export {SOCKET_ENV_VAR}={quote(json.dumps(guard, separators=(',', ':')))}")
@@ -154,20 +183,25 @@ def rank_script(plan: Plan, rank: Rank) -> str:
     """The file `up` writes to nodepaths.rank_script(...) and starts inside the container."""
     return Template(read("launch_rank.sh")).substitute(
         name=_comment(plan.name), what=_comment(describe(rank)), node=_comment(rank.node),
-        prologue=_prologue(plan), exports=rank_exports(plan, rank), command=command_lines(rank.argv))
+        prologue=_prologue(plan), exports=rank_exports(plan, rank), command=command_lines(redact.rank_argv(rank)))
 
 
 def proxy_script(plan: Plan) -> str | None:
     """The proxy's launch script (nodepaths.proxy_script), or None without a proxy.
 
-    It gets the image's env files and the top-level env's unsets (a `http_proxy` left in its
-    environment would send its calls to the backends through that proxy), nothing else."""
+    It gets the image's env files, the API key the backends want (OPENAI_API_KEY, which the
+    upstream proxy sends as its Bearer token, from its 0600 env file) and the top-level env's
+    unsets (a `http_proxy` left in its environment would send its calls to the backends through
+    that proxy), nothing else."""
     p = plan.proxy
     if p is None:
         return None
     inv = plan.inventory
     unset = [k for k, v in inv.env.items() if v is None]
-    exports = "\n".join(f"unset {env_name(k)}" for k in unset)
+    lines = []
+    if proxy_secrets(plan):
+        lines.append(source_secret_file(nodepaths.proxy_env_file(inv), ["OPENAI_API_KEY"]))
+    exports = "\n".join(lines + [f"unset {env_name(k)}" for k in unset])
     n_pre = sum(1 for r in plan.ranks if r.role == "prefill" and r.port is not None)
     n_dec = sum(1 for r in plan.ranks if r.role == "decode" and r.port is not None)
     what = f"P/D proxy on {p.node}, {p.host}:{p.port} -> {n_pre} prefill, {n_dec} decode backends"
@@ -176,11 +210,69 @@ def proxy_script(plan: Plan) -> str | None:
         prologue=_prologue(plan), exports=exports, command=command_lines(p.argv))
 
 
-def container_command(container: ContainerPlan) -> str:
-    """The `docker run` of the node's container as one sh line (for people; `up` sends argv)."""
-    for tok in container.argv:
+def proxy_secrets(plan: Plan) -> dict[str, str]:
+    """The proxy's env file: the key the ranks enforce (deployment.api_key), as OPENAI_API_KEY."""
+    from .launch.deployment import api_key
+
+    key = api_key(plan) if plan.proxy is not None else None
+    return {"OPENAI_API_KEY": key} if key else {}
+
+
+def proxy_env_file_text(plan: Plan) -> str | None:
+    env = proxy_secrets(plan)
+    return "\n".join(env_lines(env)) + "\n" if env else None
+
+
+def container_secrets(container: ContainerPlan) -> dict[str, str]:
+    return {k: v for k, v in container.env if redact.is_secret_env(k)}
+
+
+def container_env_file_text(container: ContainerPlan) -> str | None:
+    """`docker run --env-file` text (nodepaths.env_file) for the secret container.env names:
+    docker reads NAME=VALUE lines literally, so a value cannot hold a line break."""
+    env = container_secrets(container)
+    for k, v in env.items():
+        env_name(k)
+        if "\n" in v or "\r" in v or "\0" in v:
+            raise ScriptError(f"container.env {k}: a secret value cannot hold a line break "
+                              "(docker --env-file reads one NAME=VALUE per line)")
+    return "".join(f"{k}={v}\n" for k, v in env.items()) if env else None
+
+
+def container_argv(container: ContainerPlan, env_file: str) -> list[str]:
+    """The `docker run` argv without secret `-e NAME=VALUE` pairs: with `--env-file ENV_FILE`
+    before the image instead when there are any (ENV_FILE as the node's sh sees it)."""
+    argv = container.argv
+    for tok in argv:
         _word(tok, "a docker run argument")
-    return shlex.join(container.argv)
+    if not container_secrets(container):
+        return argv
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "-e" and i + 1 < len(argv) and redact.is_secret_env(argv[i + 1].partition("=")[0]):
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    tail = 1 + len(KEEPALIVE)  # the image and its command
+    return out[:-tail] + ["--env-file", env_file] + out[-tail:]
+
+
+def container_script(container: ContainerPlan, inventory) -> str:
+    """The node-side sh line `up` runs to create the container (host path of the env file)."""
+    if not container_secrets(container):
+        return shlex.join(container.argv)
+    marker = "\0env-file\0"
+    argv = container_argv(container, marker)
+    path = nodepaths.host_path(nodepaths.env_file(inventory))
+    return " ".join(path if a == marker else shlex.quote(a) for a in argv)
+
+
+def container_command(container: ContainerPlan, inventory=None) -> str:
+    """The `docker run` of the node's container as one sh line (for people)."""
+    env_file = nodepaths.env_file(inventory) if inventory is not None else "secret.env"
+    return shlex.join(container_argv(container, env_file))
 
 
 def setup_argvs(container: ContainerPlan) -> list[list[str]]:
@@ -284,7 +376,7 @@ def node_script(plan: Plan, node: str) -> str:
     c = plan.container_on(node)
     if c is None:
         return ""
-    out = [f"# ==== container {c.name} on {node}\n{container_command(c)}\n"]
+    out = [f"# ==== container {c.name} on {node}\n{container_command(c, plan.inventory)}\n"]
     setup = setup_argvs(c)
     if setup:
         out.append("# ==== container.setup, once in a new container\n"

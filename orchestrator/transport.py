@@ -48,6 +48,7 @@ from asyncssh.mac import get_mac_algs
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from .inventory import Inventory, parse_jump
+from .redact import scrub_bytes
 from .runlog import inside
 
 Status = Literal["ok", "failed", "unreachable"]
@@ -356,7 +357,7 @@ class _NodeLog:
         if self._f is None:
             return
         try:
-            self._f.write(data)
+            self._f.write(scrub_bytes(data))  # no secret value in a run log (orchestrator/redact.py)
             self._f.flush()  # one write per chunk: the log is readable while the command runs
         except OSError as e:
             self.error = f"{self.path}: {e.strerror or e}"

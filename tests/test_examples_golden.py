@@ -943,11 +943,15 @@ def test_rank_env(ex: Example, exp: Rank):
 
 @pytest.mark.parametrize("ex, exp", RANK_CASES)
 def test_rank_seed_args(ex: Example, exp: Rank):
-    """Every seed flag of the rank's script is in argv as `--flag value` (JSON compared parsed)."""
+    """Every seed flag of the rank's script is in argv as `--flag value` (JSON compared parsed);
+    a secret's value (`--api-key`) is shown redacted (orchestrator/redact.py)."""
+    from orchestrator.redact import REDACTED, is_secret_flag
+
     argv = rank_by_key(plan_of(ex.name), *exp.key)["argv"]
     where = "/".join(map(str, exp.key))
     for flag, value in ex.args[exp.group].items():
-        check_flag(argv, flag, value, where)
+        secret = is_secret_flag(flag) and isinstance(value, str)
+        check_flag(argv, flag, REDACTED if secret else value, where)
 
 
 @pytest.mark.parametrize("ex, exp", RANK_CASES)

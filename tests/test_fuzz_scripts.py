@@ -8,9 +8,11 @@ redirection or injected line would create. The argv vLLM would get must be exact
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -18,7 +20,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from orchestrator import nodepaths
+from orchestrator import scripts as rendered
 from orchestrator.cli import main
+from orchestrator.plan import load_and_plan
+from orchestrator.redact import REDACTED, rank_argv
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "inventories"
 STUB = '#!/bin/sh\nprintf "%s\\0" "$@" > "$STUB_OUT/argv"\nenv > "$STUB_OUT/env"\n'
@@ -30,8 +36,16 @@ PAYLOADS = [
 ]
 
 
+def secret_files(path: Path) -> dict[str, str]:
+    """The 0600 env files `up` would write beside the scripts (node path -> text)."""
+    plan = load_and_plan(str(path))
+    files = {nodepaths.rank_env_file(plan.inventory, r): rendered.rank_env_file_text(r) for r in plan.ranks}
+    files[nodepaths.proxy_env_file(plan.inventory)] = rendered.proxy_env_file_text(plan)
+    return {k: v for k, v in files.items() if v is not None}
+
+
 def render(tmp: Path, data: dict) -> tuple[int, dict, dict[str, str]]:
-    """(exit code, plan json, node -> its --script text)."""
+    """(exit code, plan json, node -> its --script text); the env files in plan["secret_files"]."""
     path = tmp / "inv.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
     r = CliRunner().invoke(main, ["plan", str(path), "--json"])
@@ -44,6 +58,8 @@ def render(tmp: Path, data: dict) -> tuple[int, dict, dict[str, str]]:
         s = CliRunner().invoke(main, ["plan", str(path), "--script", node])
         assert s.exit_code == 0, s.output
         scripts[node] = s.stdout_bytes.decode()  # .stdout folds \r\n
+    plan["secret_files"] = secret_files(path)
+    plan["injected"] = (data["env"].get("INJECTED_TOKEN"), data["args"].get("api-key"))
     return 0, plan, scripts
 
 
@@ -70,6 +86,10 @@ def run_scripts(tmp: Path, plan: dict, scripts: dict[str, str], canary: Path) ->
             out = tmp / "out"
             out.mkdir(exist_ok=True)
             script = tmp / "rank.sh"
+            for n, src in enumerate(re.findall(r"^\. (/var/tmp/deploy/\S+\.env)$", body, re.M)):
+                local = tmp / f"secret-{n}.env"  # the env file up writes there, sourced from here
+                local.write_text(plan["secret_files"][src])
+                body = body.replace(src, str(local))
             script.write_text(body)
             env = {"PATH": f"{stub}:/usr/bin:/bin", "HOME": str(tmp), "STUB_OUT": str(out)}
             p = subprocess.run(["sh", str(script)], cwd=tmp, env=env, capture_output=True,
@@ -77,23 +97,28 @@ def run_scripts(tmp: Path, plan: dict, scripts: dict[str, str], canary: Path) ->
             assert p.returncode == 0, p.stderr
             assert not canary.exists(), f"the script ran an injected command:\n{part}"
             argv = (out / "argv").read_bytes().split(b"\0")[:-1]
-            assert [a.decode() for a in argv] == rank["argv"][1:]  # exactly the plan's argv
+            # exactly the plan's argv, but for the secret flags that went to the env file
+            assert [a.decode() for a in argv] == rank_argv(SimpleNamespace(argv=rank["argv"]))[1:]
             if is_proxy:
                 continue
             seen = dict(line.split("=", 1) for line in (out / "env").read_text().split("\n")
                         if "=" in line and not line.startswith((" ", "\t")))
             for k, v in rank["env"].items():
                 if "$" not in v and "\n" not in v:
-                    assert seen.get(k) == v, k
+                    assert seen.get(k) == v or (v == REDACTED and k in seen), k
+            for name, secret in zip(("INJECTED_TOKEN", "VLLM_API_KEY"), plan["injected"]):
+                if secret is not None and "$" not in secret and "\n" not in secret:
+                    assert seen.get(name) == secret, name
 
 
 def inject(data: dict, value: str) -> dict:
     """Put `value` in every string field that reaches a launch script."""
     data = json.loads(json.dumps(data))
-    data["env"] = {**data.get("env", {}), "INJECTED": value, "TAIL": f"x{value}y"}
-    data["args"] = {**data.get("args", {}), "injected-flag": value,
-                    "additional-config": {"k": value}}
     printable = "".join(c for c in value if c >= " " and c != "\x7f")  # argv tokens: no controls
+    # secrets of their own values (they are scrubbed from output by value): through the env files
+    data["env"] = {**data.get("env", {}), "INJECTED": value, "TAIL": f"x{value}y", "INJECTED_TOKEN": f"s{value}s"}
+    data["args"] = {**data.get("args", {}), "injected-flag": value,
+                    "additional-config": {"k": value}, "api-key": f"k{printable}k"}
     data["model"]["path"] = "/weights/" + printable
     data["model"]["served_name"] = "m" + printable
     for g in data["groups"]:

@@ -1,4 +1,7 @@
-"""`deploy plan`: show exactly what `up` would start, where, and in which order."""
+"""`deploy plan`: show exactly what `up` would start, where, and in which order.
+
+Secrets are shown as `<redacted>` (orchestrator/redact.py); the scripts of `--script` never
+hold them: they source the 0600 env files `up` writes next to them."""
 from __future__ import annotations
 
 import json
@@ -6,6 +9,7 @@ import json
 import click
 
 from ..cliutil import JsonCommand, load_plan_or_exit
+from ..redact import redact_plan_json, secret_warnings
 from ..render import plan_table
 from ..scripts import node_script
 
@@ -18,6 +22,8 @@ from ..scripts import node_script
 def command(inventory: str, as_json: bool, script_node: str | None) -> None:
     """Validate INVENTORY and print the plan: ranks, devices, ports, proxy, ordered steps."""
     plan = load_plan_or_exit(inventory)
+    for line in secret_warnings(plan):
+        click.echo(f"warning: {line}", err=True)
     if script_node is not None:
         if script_node not in plan.inventory.nodes:
             raise click.BadParameter(f"'{script_node}' is not a node of the inventory "
@@ -28,6 +34,6 @@ def command(inventory: str, as_json: bool, script_node: str | None) -> None:
         click.echo(text, nl=False)
         return
     if as_json:
-        click.echo(json.dumps(plan.to_json(), indent=2))
+        click.echo(json.dumps(redact_plan_json(plan.to_json()), indent=2))
         return
     plan_table(plan)

@@ -5,7 +5,9 @@ and not on a re-plan of an inventory edited since.
                                            PID and start time, step results (written atomically)
     $DEPLOY_STATE_DIR/<name>/lock          held (flock) by the running up/teardown; names its holder
 
-The folder is created 0700: the ledger holds the plan, which may hold secrets.
+The folder is created 0700 and the ledger 0600. It never holds a secret value: the plan and
+the inventory copy are saved redacted (orchestrator/redact.py), every other text scrubbed, and
+`secrets` keeps only a keyed hash of the values, so a second `up` can tell a changed key.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import redact
 from ..runlog import state_dir
 
 VERSION = 1
@@ -28,10 +31,13 @@ class LockHeld(Exception):
 
 
 def deployment_dir(name: str) -> Path:
-    path = state_dir() / name
+    base = state_dir()
+    path = base / name
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with contextlib.suppress(OSError):
-        os.chmod(path, 0o700)
+    for private in (base, path):
+        with contextlib.suppress(OSError):
+            os.chmod(private, 0o700)
     return path
 
 
@@ -79,6 +85,7 @@ class Ledger:
     ranktable_hash: str | None = None
     steps: list[dict] = field(default_factory=list)  # {"step", "ok", "detail", "at"}
     state: str = "new"  # new | launching | serving | failed | torn-down
+    secrets: str = ""  # "salt:hmac" of the plan's secret values (redact.digest), never the values
 
     @classmethod
     def path_for(cls, name: str) -> Path:
@@ -101,15 +108,19 @@ class Ledger:
                    inventory_file=data.get("inventory_file", ""), plan=data.get("plan", {}),
                    containers=data.get("containers", {}), ranks=ranks, proxy_pid=data.get("proxy_pid"),
                    ranktable_hash=data.get("ranktable_hash"), steps=data.get("steps", []),
-                   state=data.get("state", "new"))
+                   state=data.get("state", "new"), secrets=data.get("secrets", ""))
 
     def save(self) -> None:
         path = self.path_for(self.name)
         data = {"version": VERSION, "name": self.name, "state": self.state,
-                "inventory_file": self.inventory_file, "inventory_text": self.inventory_text, "plan": self.plan,
+                "inventory_file": self.inventory_file,
+                "inventory_text": redact.redact_inventory_text(self.inventory_text) if self.inventory_text else "",
+                "plan": redact.redact_plan_json(self.plan),
                 "containers": self.containers,
                 "ranks": {k: vars(v) for k, v in self.ranks.items()},
-                "proxy_pid": self.proxy_pid, "ranktable_hash": self.ranktable_hash, "steps": self.steps[-200:]}
+                "proxy_pid": self.proxy_pid, "ranktable_hash": self.ranktable_hash, "steps": self.steps[-200:],
+                "secrets": self.secrets}
+        data = redact.scrub_obj(data)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -23,7 +23,9 @@ def docker_exec(container: str, *argv: str) -> list[str]:
 
 # `setsid` makes each its own session and process group (killed as one), detached from docker
 # exec and the SSH channel. Arguments are (script, log, pidfile) triples; prints "<pidfile> <pid>".
-_START_MANY = ('while [ "$#" -ge 3 ]; do setsid sh "$1" </dev/null >"$2" 2>&1 & echo $! >"$3"; '
+# The log and pid file are made 0600 first (a subshell's umask: vLLM keeps the image's).
+_START_MANY = ('while [ "$#" -ge 3 ]; do (umask 077; : >>"$2"; : >>"$3"; chmod 600 "$2" "$3"); '
+               'setsid sh "$1" </dev/null >"$2" 2>&1 & echo $! >"$3"; '
                'echo "$3 $!"; shift 3; done')
 
 
@@ -62,16 +64,47 @@ def signal_groups(container: str, pids: list[int], sig: str) -> list[str]:
 
 
 def write_files_script(files: dict[str, tuple[str, int]]) -> str:
-    """sh text that atomically writes host files {path: (content, mode)} under the node root."""
+    """sh text that atomically writes host files {path: (content, mode)} under the node root,
+    each folder 0700 (it holds logs, PIDs and the 0600 secret files)."""
     lines = ["set -e", 'umask 077']
+    made: set[str] = set()
     for path, (content, mode) in files.items():
         target = nodepaths.host_path(path)
         directory = nodepaths.host_path(path.rsplit("/", 1)[0] or "/")
         lines.append(f"mkdir -p -- {directory}")
+        if directory not in made:
+            made.add(directory)
+            lines.append(f"chmod 700 -- {directory}")
         lines.append(f"printf '%s' {shlex.quote(content)} > {target}.deploy-tmp")
         lines.append(f"chmod {mode:o} {target}.deploy-tmp")
         lines.append(f"mv -f -- {target}.deploy-tmp {target}")
     return "\n".join(lines) + "\n"
+
+
+def write_private_script(files: dict[str, str]) -> str:
+    """sh text for a node's stdin (`cluster.run(node, ["sh", "-s"], input=...)`) that writes
+    host files {path: text} mode 0600, atomically, in a 0700 folder: for secrets. The text
+    travels in here-documents on stdin: never on a command line (`ps`) or in the run log, which
+    records only the byte count of stdin."""
+    import secrets
+
+    lines = ["set -e", "umask 077"]
+    for path, content in files.items():
+        target = nodepaths.host_path(path)
+        directory = nodepaths.host_path(path.rsplit("/", 1)[0] or "/")
+        end = "DEPLOY_EOF_" + secrets.token_hex(8)
+        while end in content:
+            end = "DEPLOY_EOF_" + secrets.token_hex(8)
+        body = content if content.endswith("\n") else content + "\n"
+        lines += [f"mkdir -p -- {directory}", f"chmod 700 -- {directory}",
+                  f"cat > {target}.deploy-tmp <<'{end}'\n{body}{end}",
+                  f"chmod 600 -- {target}.deploy-tmp", f"mv -f -- {target}.deploy-tmp {target}"]
+    return "\n".join(lines) + "\n"
+
+
+def remove_files_script(paths: list[str]) -> str:
+    """sh text removing host files (absent ones are fine)."""
+    return "".join(f"rm -f -- {nodepaths.host_path(p)}\n" for p in paths) or "true\n"
 
 
 def pids_script(pidfiles: list[str]) -> str:

@@ -11,6 +11,7 @@ from typing import NoReturn
 
 import click
 
+from .. import redact
 from ..cliutil import EXIT_USAGE, fail_inventory
 from ..errors import InventoryError, format_problem
 from ..plan import Plan, make_plan
@@ -27,9 +28,12 @@ def plan_from_file(path: str, as_json: bool) -> tuple[Plan, str]:
             emit({"ok": False, "exit_code": EXIT_USAGE, "problems": _problems(err)})
             sys.exit(EXIT_USAGE)
         fail_inventory(err)
+    redact.register_plan(plan)  # from here on no output shows its secret values
     if not as_json:
         for w in plan.warnings:
             click.echo(format_problem(w, plan.inventory.source), err=True)
+        for line in redact.secret_warnings(plan):
+            click.echo(f"warning: {line}", err=True)
     try:
         text = Path(path).read_text()
     except OSError:
@@ -64,7 +68,7 @@ def launched_plan(path: str, as_json: bool) -> tuple[Plan, Ledger | None, str]:
         launched = make_plan(parse_inventory(ledger.inventory_text, ledger.inventory_file or path))
     except InventoryError:
         return plan, ledger, "inventory file (the ledger's copy no longer plans)"
-    if launched.to_json() != plan.to_json():
+    if redact.redact_plan_json(launched.to_json()) != redact.redact_plan_json(plan.to_json()):
         click.echo(f"note: {path} changed since `up`; acting on the deployment as launched "
                    f"(ledger {Ledger.path_for(plan.name)})", err=True)
     return launched, ledger, "ledger"

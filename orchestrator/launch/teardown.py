@@ -87,11 +87,20 @@ class Teardown:
 
     async def _remove(self, node: str) -> NodeResult:
         o = await self.cluster.run(node, nodeside.remove(self.container), timeout=180)
+        if o.ok or "No such container" in o.stderr:
+            # the secrets' env files go with the container (up writes them again); logs stay
+            gone = await self.cluster.run_script(node, nodeside.remove_files_script(self._secret_files(node)), timeout=60)
+            if not gone.ok:
+                return from_outcome(gone, "remove the secrets' env files")
         if o.ok:
             return NodeResult(node, Cause.OK, f"removed {self.container}")
         if "No such container" in o.stderr:
             return NodeResult(node, Cause.OK, f"no container {self.container}")
         return from_outcome(o, f"docker rm -f {self.container}")
+
+    def _secret_files(self, node: str) -> list[str]:
+        files = [nodepaths.rank_env_file(self.inv, r.rank) for r in self.refs if r.node == node]
+        return files + [nodepaths.proxy_env_file(self.inv), nodepaths.env_file(self.inv)]
 
     def _devices(self, node: str) -> set[int]:
         return set(self.plan.devices_used(node))

@@ -15,7 +15,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
-from .. import nodepaths, scripts
+from .. import nodepaths, redact, scripts
 from ..checks.parsers import npu_info
 from ..plan import ContainerPlan, Plan
 from ..transport import Cluster
@@ -108,7 +108,8 @@ class Up:
             if not report.ok:
                 return result
         self.ledger.state = "launching"
-        self.ledger.plan = self.plan.to_json()
+        self.ledger.plan = redact.redact_plan_json(self.plan.to_json())
+        self.ledger.secrets = self._secrets_digest(self.ledger.secrets)
         self.ledger.save()
         self.started = started = time.monotonic()
         await self._launch_and_wait(result, started)
@@ -133,6 +134,20 @@ class Up:
                            "; ".join(f"{r.node}: {r.message}" for r in report.failed))
         self.ledger.save()
 
+    def _secrets_digest(self, recorded: str) -> str:
+        """`salt:hmac` of the plan's secret values, with the recorded salt (a new one first):
+        a changed API key restarts the groups instead of keeping them with the old one."""
+        import secrets as _random
+
+        salt = recorded.partition(":")[0] or _random.token_hex(16)
+        return f"{salt}:{redact.digest(self.plan, salt)}"
+
+    def _same_secrets(self) -> bool:
+        recorded = self.ledger.secrets
+        if not recorded:  # a ledger from before secrets were recorded
+            return not redact.plan_values(self.plan)
+        return recorded == self._secrets_digest(recorded)
+
     def _endpoint(self) -> str:
         _node, ip, port = smoke_target(self.plan)
         return f"http://{ip}:{port}/v1"
@@ -149,7 +164,8 @@ class Up:
         """Groups whose every rank (from the ledger) is alive and, if it serves HTTP, healthy.
         The leftovers of any other group a previous run started (interrupted or failed) are
         stopped on all its nodes: they hold devices and a half-joined group never recovers."""
-        if not self.ledger.ranks or self.ledger.plan != self.plan.to_json() or self.opts.recreate:
+        if (not self.ledger.ranks or self.ledger.plan != redact.redact_plan_json(self.plan.to_json())
+                or not self._same_secrets() or self.opts.recreate):
             return set()
         alive = await self._alive_map()
         healthy = set()
@@ -240,9 +256,27 @@ class Up:
                 files[nodepaths.proxy_script(self.inv)] = (text, 0o700)
         guard = scripts.sitecustomize_for(self.plan, node)
         if guard is not None:
-            files[nodepaths.sitecustomize_file(self.inv)] = (guard, 0o644)
+            files[nodepaths.sitecustomize_file(self.inv)] = (guard, 0o600)
         if self.table_text is not None:
-            files[nodepaths.rank_table_path(self.inv)] = (self.table_text, 0o644)
+            files[nodepaths.rank_table_path(self.inv)] = (self.table_text, 0o600)
+        return files
+
+    def _secret_files_for(self, node: str) -> dict[str, str]:
+        """The node's 0600 env files (redact.py): each rank's, the proxy's, the container's."""
+        files: dict[str, str] = {}
+        for ref in self.refs:
+            if ref.node == node and ref.rank.group in self.groups:
+                text = scripts.rank_env_file_text(ref.rank)
+                if text is not None:
+                    files[nodepaths.rank_env_file(self.inv, ref.rank)] = text
+        if self.plan.proxy is not None and self.plan.proxy.node == node:
+            text = scripts.proxy_env_file_text(self.plan)
+            if text is not None:
+                files[nodepaths.proxy_env_file(self.inv)] = text
+        spec = self.plan.container_on(node)
+        text = scripts.container_env_file_text(spec) if spec is not None else None
+        if text is not None:
+            files[nodepaths.env_file(self.inv)] = text
         return files
 
     def _needs_table(self) -> bool:
@@ -283,6 +317,9 @@ class Up:
 
     async def _prepare(self, node: str) -> NodeResult:
         o = await self.cluster.run_script(node, nodeside.write_files_script(self._files_for(node)), timeout=120)
+        secret = self._secret_files_for(node)
+        if o.ok and secret:  # on stdin, never in the run log: the log records its size only
+            o = await self.cluster.run(node, ["sh", "-s"], input=nodeside.write_private_script(secret), timeout=120)
         return from_outcome(o, f"write {nodepaths.remote_dir(self.inv)}")
 
     async def _image(self, node: str) -> NodeResult:
@@ -325,7 +362,10 @@ class Up:
             rm = await self.cluster.run(node, nodeside.remove(self.container), timeout=120)
             if not rm.ok:
                 return from_outcome(rm, f"docker rm -f {self.container}")
-        created = await self.cluster.run(node, spec.argv, timeout=300)
+        if scripts.container_secrets(spec):  # `--env-file` names a host path: sh adds the node root
+            created = await self.cluster.run_script(node, scripts.container_script(spec, self.inv) + "\n", timeout=300)
+        else:
+            created = await self.cluster.run(node, spec.argv, timeout=300)
         if not created.ok:
             return from_outcome(created, f"docker run {self.container}",
                                 "see the docker error above; check devices and mounts on the node")
@@ -607,21 +647,23 @@ class Up:
             return ""
         from pathlib import Path
 
+        from ..runlog import write_private
+
         root = Path(self.opts.bundle_dir) / f"diagnostics-{group}"
         try:
-            root.mkdir(parents=True, exist_ok=True)
-            (root / "reason.txt").write_text(msg + "\n" + "".join(f"signature: {f}\n" for f in findings))
-            (root / "plan.json").write_text(json.dumps(self.plan.to_json(), indent=1))
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_private(root / "reason.txt", msg + "\n" + "".join(f"signature: {f}\n" for f in findings))
+            write_private(root / "plan.json", json.dumps(redact.redact_plan_json(self.plan.to_json()), indent=1))
             live = [r for r in refs if r.node not in self.lost]
             for r, text in zip(live, await asyncio.gather(*(self._tail_file(r.node, r.log, 200) for r in live))):
-                (root / f"rank-{r.key}.log").write_text(text + "\n")
+                write_private(root / f"rank-{r.key}.log", text + "\n")
             for node in sorted({r.node for r in live}):
                 devs = sorted({d for r in refs if r.node == node for d in r.rank.devices})
                 script = "echo '== npu-smi info'; npu-smi info 2>&1\n" + "".join(
                     f"echo '== device {d}'; hccn_tool -i {d} -link -g 2>&1; hccn_tool -i {d} -tls -g 2>&1 | head -n 1\n"
                     for d in devs)
                 o = await self.cluster.run_script(node, script, timeout=120)
-                (root / f"{node}-npu.txt").write_text(o.stdout + o.stderr)
+                write_private(root / f"{node}-npu.txt", o.stdout + o.stderr)
         except OSError as e:
             return f"(could not write the diagnostics to {root}: {e})"
         return str(root)

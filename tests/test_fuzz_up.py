@@ -16,9 +16,9 @@ inventory the real CLI brings the deployment up, reads its status and tears it d
   every file of the simulator), and after teardown no process, container or port left.
 
 One simulator for the module (1 node, 2 ranks and the proxy, --startup 0.3); each case is its own
-deployment name on it. Bounded for CI: a fixed list of classic payloads in three rotations, one
-long-value case, one API-key case and a few hypothesis examples (derandomized: the same strings
-on every run).
+deployment name on it. Bounded for CI: a fixed list of classic payloads in two rotations (one
+with values at the length bound), one API-key case, one flag look-alike case and two hypothesis
+examples (derandomized: the same strings on every run).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[1]
 MODE = "openssh" if Path("/usr/sbin/sshd").exists() else "embedded"
-TAG = secrets.token_hex(4)
+TAG = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")[:8] or secrets.token_hex(4)  # one per run, all workers
 CANARY = f"/tmp/CANARY-{TAG}"          # absolute: this machine's /tmp, or the container's
 REL = f"CANARY-{TAG}-rel"             # relative: wherever a shell happens to stand
 PAYLOADS = [
@@ -95,7 +95,7 @@ class Node:
         try:
             return p.returncode, json.loads(p.stdout), p.stderr
         except ValueError:
-            raise AssertionError(f"not one JSON object on stdout (rc {p.returncode}):\n{p.stdout}\n{p.stderr}")
+            raise AssertionError(f"not one JSON object on stdout (rc {p.returncode}):\n{p.stdout}\n{p.stderr}") from None
 
     def inventory(self, data: dict) -> Path:
         self.n += 1
@@ -273,30 +273,27 @@ def cycle(node: Node, data: dict, expect: dict) -> int:
     return 0
 
 
-ROTATIONS = 3
+ROTATIONS = 2
 
 
 @pytest.mark.parametrize("rotation", range(ROTATIONS))
 def test_classic_payloads_are_carried_exactly_and_never_run(node, rotation):
     """Every payload in its own env, container env, setup and kv extra field; the one-per-field
-    ones (flags, served name, model path, engine id) get a third of them, concatenated."""
-    values = [payload(i) for i in range(len(PAYLOADS))]
-    single = "".join(values[rotation::ROTATIONS])
-    data, expect = inject(node.base, values, single)
-    assert cycle(node, data, expect) == 0  # every one of them is a legal value
-
-
-def test_long_values_at_the_bound_are_carried(node):
-    """Values just under docs/limits.md's bound (MAX_VALUE_BYTES per value; the docker run
-    line and each setup command under MAX_COMMAND_BYTES) reach the node whole."""
+    ones (flags, served name, model path, engine id) get half of them, concatenated. Rotation 0
+    also carries values just under docs/limits.md's bound (MAX_VALUE_BYTES per value; the docker
+    run line and each setup command under MAX_COMMAND_BYTES) in env, container env, setup and a
+    flag: they reach the node whole."""
     from orchestrator.inventory import MAX_VALUE_BYTES
 
-    tail = payload(0) + payload(1) + payload(2)
-    long = ("x" * MAX_VALUE_BYTES)[:MAX_VALUE_BYTES - len(tail.encode())] + tail
-    data, expect = inject(node.base, [long], "s" + payload(0))
-    data["env"]["LONG"] = long
-    data["args"]["revision"] = long
-    assert cycle(node, data, expect) == 0
+    values = [payload(i) for i in range(len(PAYLOADS))]
+    if rotation == 0:
+        tail = payload(0) + payload(1) + payload(2)
+        values.append(("x" * MAX_VALUE_BYTES)[:MAX_VALUE_BYTES - len(tail.encode())] + tail)
+    single = "".join(values[rotation:len(PAYLOADS):ROTATIONS])
+    data, expect = inject(node.base, values, single)
+    if rotation == 0:
+        data["args"]["allowed-origins"] = values[-1]
+    assert cycle(node, data, expect) == 0  # every one of them is a legal value
 
 
 def test_too_long_a_value_is_refused_at_load_naming_the_field(node):
@@ -312,7 +309,7 @@ def test_too_long_a_value_is_refused_at_load_naming_the_field(node):
 def test_an_api_key_with_metacharacters_is_sent_exactly(node):
     """The smoke and warm-up requests carry the key the ranks check (a 401 would fail up), however
     `up` passes it to the ranks; a key no HTTP header can carry is refused at load."""
-    key = "k$(touch {c})`touch {c}`';\"|&<>*~#!%".format(c=CANARY)
+    key = f"k$(touch {CANARY})`touch {CANARY}`';\"|&<>*~#!%"
     data = json.loads(json.dumps(node.base))
     # one serve group, no proxy: the upstream P/D proxy authenticates to its backends with its
     # own OPENAI_API_KEY environment variable, which is not this test's subject
@@ -338,7 +335,7 @@ def test_a_flag_look_alike_value_never_becomes_a_flag(node):
     plan = json.loads(deploy("plan", str(inv), "--json").stdout)
     assert all("--port=9999" not in r["argv"] and "--enforce-eager=--port=9999" in r["argv"] for r in plan["ranks"])
     code, doc, err = node.run("up", str(inv), "--skip-checks")
-    assert code == 1 and "--enforce-eager" in err, err[-2000:]
+    assert code == 1 and all("--enforce-eager" in m for m in doc["failed_groups"].values()), doc["failed_groups"]
     code_t, td, _ = node.run("teardown", str(inv))
     assert code_t == 0 and td["ok"]
     nothing_left(node, {})
@@ -349,7 +346,7 @@ SHELLY = st.text(alphabet=st.sampled_from(list("$`'\"\\;&|<>(){}[]*?~#!\n\t\r =-
                  min_size=1, max_size=30)
 
 
-@settings(max_examples=3, deadline=None, derandomize=True,
+@settings(max_examples=2, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(value=SHELLY)
 def test_random_metacharacter_strings_reach_the_node_exactly(node, value):

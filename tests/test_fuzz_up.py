@@ -159,7 +159,7 @@ def inject(base: dict, values: list[str], single: str) -> tuple[dict, dict]:
     data["kv_transfer"]["extra"] = {f"x{i}": v for i, v in enumerate(values)}
     g_p, g_d = data["groups"]
     g_p["engine_id"] = f"e{single}"
-    g_p["env"] = {"G_INJ": single, "GLOO_SOCKET_IFNAME": f"eth{single}"}
+    g_p["env"] = {"G_INJ": single}
     g_p["kv_extra"] = {"y": single}
     g_d["env"] = {"G_INJ": f"d{single}"}
     word = one_word(single)

@@ -11,6 +11,7 @@ simulator of tests/test_fuzz_up.py); the units first.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -45,6 +46,29 @@ def test_pid_lines_never_carry_pid_0_or_1():
     p = subprocess.run(["sh", "-c", 'kill() { echo "kill $*"; }; ' + script, "sh", "TERM", "1", "0", "", "1;x",
                         "-1", "4242"], capture_output=True, text=True, timeout=10)
     assert p.stdout.splitlines() == ["kill -TERM -4242"]
+
+
+def test_node_side_reads_of_pid_files_and_logs_are_bounded(tmp_path):
+    """A FIFO (a read blocks) or a link to /dev/zero (a read never ends) where a pid file or a log
+    should be: the node-side script `status`/`teardown`/`up` send returns at once, nothing read."""
+    state = tmp_path / "var/tmp/deploy/x"
+    state.mkdir(parents=True)
+    os.mkfifo(state / "fifo.pid")
+    (state / "zero.pid").symlink_to("/dev/zero")
+    (state / "ok.pid").write_text("4242\n")
+    os.mkfifo(state / "fifo.log")
+    (state / "zero.log").symlink_to("/dev/zero")
+    (state / "ok.log").write_text("x" * 3_000_000 + "\nlast line\n")
+    names = ["fifo", "zero", "ok"]
+    script = nodeside.pids_script([f"/var/tmp/deploy/x/{n}.pid" for n in names])
+    script += nodeside.tail_script([f"/var/tmp/deploy/x/{n}.log" for n in names], 1)
+    p = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, timeout=20,
+                       env={"PATH": "/usr/bin:/bin", "DEPLOY_NODE_ROOT": str(tmp_path)})
+    assert nodeside.parse_pids(p.stdout) == {"/var/tmp/deploy/x/ok.pid": 4242}
+    tails = nodeside.parse_tails(p.stdout)
+    assert tails["/var/tmp/deploy/x/ok.log"] == "last line"
+    assert tails["/var/tmp/deploy/x/fifo.log"] == tails["/var/tmp/deploy/x/zero.log"] == ""
+    assert len(p.stdout) < 10_000
 
 
 def _ledger(tmp_path, monkeypatch, **changes) -> Ledger:
@@ -120,7 +144,6 @@ def _alive(pid: int) -> bool:
 
 
 def _kill(pid: int) -> None:
-    import os
     import signal
 
     if _alive(pid):
@@ -134,8 +157,9 @@ def test_tampered_ledgers_and_pid_files_never_run_or_signal_anything(node):
     2. our ledger tampered (pids `"1; touch CANARY"` and `1`, an entry for a node `n0; touch …`,
        a container id with metacharacters, a foreign inventory_file): status warns and acts on
        the inventory file, up refuses to continue from it (exit 1, naming it);
-    3. every rank's and the proxy's pid file on the node overwritten with garbage: status says
-       not alive (exit 1, no traceback); then, with `1`, `0` and `-1` in them (`kill -TERM -1` is
+    3. every rank's and the proxy's pid file on the node overwritten with garbage (a hostile
+       string, `²`, two PIDs, a FIFO, a link to /dev/zero, 160 digits): status says not alive
+       (exit 1, no traceback, no hang); then, with `1`, `0` and `-1` in them (`kill -TERM -1` is
        every process the node's user may signal), teardown signals none of them and still leaves
        nothing running (the container goes, and with it its processes).
     Throughout: no canary, and a decoy process of the nodes' user outside the deployment lives."""
@@ -184,9 +208,17 @@ def test_tampered_ledgers_and_pid_files_never_run_or_signal_anything(node):
         plan = make_plan(load_inventory(inv))
         files = [r.pidfile for r in rank_refs(plan)] + [nodepaths.proxy_pid(plan.inventory)]
         assert len(files) == 3
-        for texts in ([f"$(touch {CANARY})", "\u00b2", "4242\n4243"], ["1", "0", "-1"]):
+        for texts in ([f"$(touch {CANARY})", "\u00b2", "4242\n4243"], ["FIFO", "/dev/zero", "4242" * 40],
+                      ["1", "0", "-1"]):
             for f, text in zip(files, texts):
-                (node.root / f.lstrip("/")).write_text(text)
+                target = node.root / f.lstrip("/")
+                target.unlink()
+                if text == "FIFO":  # a read would block
+                    os.mkfifo(target)
+                elif text == "/dev/zero":  # a read would never end
+                    target.symlink_to(text)
+                else:
+                    target.write_text(text)
             code, doc, err = node.run("status", str(inv))
             assert code == 1 and not doc["ok"], (doc, err)
             assert all(not r["alive"] and r["pid"] is None for r in doc["ranks"]) and doc["proxy"]["pid"] is None

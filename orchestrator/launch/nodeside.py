@@ -103,10 +103,19 @@ def write_files_script(files: dict[str, tuple[str, int]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PID_FILE_BYTES = 64  # read of one pid file: a PID and a newline; more is not a pid file of ours
+LOG_TAIL_BYTES = 1 << 20  # read of one log's end: the last lines of a log whose lines are huge stay bounded
+
+
 def pids_script(pidfiles: list[str]) -> str:
-    """sh text printing `@@pid PATH` then the PID in each host pid file (nothing if absent)."""
-    return "".join(f"echo {shlex.quote('@@pid ' + f)}; cat {nodepaths.host_path(f)} 2>/dev/null; echo\n"
-                   for f in pidfiles)
+    """sh text printing `@@pid PATH` then the PID in each host pid file (nothing if absent).
+    Only a regular file is read, and only its start: a FIFO would block the read, a link to
+    /dev/zero would never end."""
+    out = []
+    for f in pidfiles:
+        p = nodepaths.host_path(f)
+        out.append(f"echo {shlex.quote('@@pid ' + f)}; [ -f {p} ] && head -c {PID_FILE_BYTES} {p} 2>/dev/null; echo\n")
+    return "".join(out)
 
 
 def parse_pids(stdout: str) -> dict[str, int]:
@@ -132,7 +141,9 @@ def tail_script(paths: list[str], lines: int = 20) -> str:
     """For each host file: `@@tail PATH`, its last lines."""
     out = []
     for p in paths:
-        out.append(f"echo {shlex.quote('@@tail ' + p)}; tail -n {int(lines)} {nodepaths.host_path(p)} 2>/dev/null || true")
+        q = nodepaths.host_path(p)
+        out.append(f"echo {shlex.quote('@@tail ' + p)}; [ -f {q} ] && tail -c {LOG_TAIL_BYTES} {q} 2>/dev/null "
+                   f"| tail -n {int(lines)}; true")
     return "\n".join(out) + "\n"
 
 

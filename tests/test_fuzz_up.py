@@ -89,6 +89,7 @@ class Node:
         self.base = yaml.safe_load(Path(p.stdout.strip().splitlines()[-1]).read_text())
         self.root = self.dir / "sim" / "nodes" / "n0" / "root"   # the node's DEPLOY_NODE_ROOT
         self.n = 0
+        self.refused: list = []  # the problems of the last inventory refused at load
 
     def run(self, *args: str) -> tuple[int, dict, str]:
         p = deploy(*args, "--json", env=self.env)
@@ -111,6 +112,14 @@ class Node:
         folder = self.root / "weights" / model_path[len("/weights/"):]
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.json").write_text((self.root / "weights" / "m" / "config.json").read_text())
+
+    def provide_proxy(self, script: str) -> None:
+        """A copy of the image's P/D proxy at `script` (under /weights) in the node's host view."""
+        from orchestrator.sim.runtime import image
+
+        assert script.startswith("/weights/") and "/" not in script[len("/weights/"):]
+        text = image.files(str(self.dir / "sim"), self.base["container"]["image"])[image.PROXY][0]
+        (self.root / script.lstrip("/")).write_text(text)
 
     def down(self) -> None:
         deploy("sim", "down", "--dir", str(self.dir / "sim"))
@@ -165,6 +174,11 @@ def inject(base: dict, values: list[str], single: str) -> tuple[dict, dict]:
     word = one_word(single)
     folder = word.replace("/", "%").encode()[:200].decode(errors="ignore")  # one file name: <= 255 bytes
     data["model"] = {"path": "/weights/m" + folder, "served_name": "m" + word}
+    data["proxy"]["script"] = f"/weights/proxy{folder}.py"
+    mount = folder.replace(":", "%")
+    data["container"]["mounts"].append(f"/weights/mnt{mount}:/mnt/m{mount}:ro")
+    data["container"]["env_files"] = ["/usr/local/Ascend/ascend-toolkit/set_env.sh", "/usr/local/Ascend/nnal/atb/set_env.sh",
+                                      f"/etc/none{word}"]  # absent: sourced only when present
     return data, {"setup": [*values, single]}
 
 
@@ -250,11 +264,14 @@ def cycle(node: Node, data: dict, expect: dict) -> int:
         argv[:] = [a.replace("/var/tmp/deploy/NAME/", f"/var/tmp/deploy/{name}/") for a in argv]
     if data["model"]["path"] != "/weights/m":
         node.provide_model(data["model"]["path"])
+    if data.get("proxy", {}).get("script"):
+        node.provide_proxy(data["proxy"]["script"])
     inv = node.inventory(data)
     code, doc, err = node.run("up", str(inv), "--skip-checks")
     assert not canaries(node), f"injected command ran during up: {canaries(node)}"
     if code == 2:  # refused at load, naming the field; nothing reached the node
         assert doc["problems"] and all(p["field"] and p["line"] for p in doc["problems"]), doc
+        node.refused = doc["problems"]
         return 2
     status: dict = {}
     try:
@@ -293,7 +310,7 @@ def test_classic_payloads_are_carried_exactly_and_never_run(node, rotation):
     data, expect = inject(node.base, values, single)
     if rotation == 0:
         data["args"]["allowed-origins"] = values[-1]
-    assert cycle(node, data, expect) == 0  # every one of them is a legal value
+    assert cycle(node, data, expect) == 0, node.refused  # every one of them is a legal value
 
 
 def test_too_long_a_value_is_refused_at_load_naming_the_field(node):
@@ -339,6 +356,44 @@ def test_a_flag_look_alike_value_never_becomes_a_flag(node):
     code_t, td, _ = node.run("teardown", str(inv))
     assert code_t == 0 and td["ok"]
     nothing_left(node, {})
+    assert not canaries(node)
+
+
+NAMED = [("name", ["container", "name"]), ("image", ["container", "image"]), ("mount", ["container", "mounts", 0]),
+         ("env_file", ["container", "env_files", 0]), ("model", ["model", "path"]), ("served", ["model", "served_name"]),
+         ("proxy", ["proxy", "script"]), ("group", ["groups", 0, "name"])]
+
+
+CARRIED = {"model", "served", "proxy"}  # argv words: legal values there are the carry tests' subject
+
+
+@pytest.mark.parametrize("value", ["x; touch {c}", "$(touch {c})`touch {c}`", "--privileged", "a\nb", "../../etc'ünï"])
+def test_hostile_names_paths_and_images_are_refused_at_load_naming_the_field(node, value):
+    """Names, the image and paths that name files or argv positions: `up` refuses each (exit 2,
+    the field named, before any node is contacted) unless it is a legal argv word there (model
+    path, served name, proxy script: carried exactly, see above); never run."""
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+
+    value = value.format(c=CANARY)
+    for what, path in NAMED:
+        data = json.loads(json.dumps(node.base))
+        data["container"]["env_files"] = ["/etc/profile"]
+        cur = data
+        for k in path[:-1]:
+            cur = cur[k]
+        cur[path[-1]] = f"{value}:/x" if what == "mount" else value
+        inv = node.inventory(data)
+        plan = CliRunner().invoke(main, ["plan", str(inv), "--json"])
+        if plan.exit_code == 0:
+            assert what in CARRIED, (what, value)
+            continue
+        r = CliRunner().invoke(main, ["up", str(inv), "--json", "--skip-checks"])
+        assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+        doc = json.loads(r.stdout)
+        assert r.exit_code == 2, (what, value, doc)
+        assert any(p["field"].startswith(".".join(map(str, path[:2]))) and p["line"] for p in doc["problems"]), doc
     assert not canaries(node)
 
 

@@ -10,6 +10,7 @@ simulator of tests/test_fuzz_up.py); the units first.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -62,8 +63,16 @@ def test_node_side_reads_of_pid_files_and_logs_are_bounded(tmp_path):
     names = ["fifo", "zero", "ok"]
     script = nodeside.pids_script([f"/var/tmp/deploy/x/{n}.pid" for n in names])
     script += nodeside.tail_script([f"/var/tmp/deploy/x/{n}.log" for n in names], 1)
-    p = subprocess.run(["sh", "-s"], input=script, capture_output=True, text=True, timeout=20,
-                       env={"PATH": "/usr/bin:/bin", "DEPLOY_NODE_ROOT": str(tmp_path)})
+    proc = subprocess.Popen(["sh", "-s"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            start_new_session=True, env={"PATH": "/usr/bin:/bin", "DEPLOY_NODE_ROOT": str(tmp_path)})
+    try:
+        out, _ = proc.communicate(script, timeout=20)
+    finally:  # a read that blocks (the FIFO) must not outlive the test
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    p = subprocess.CompletedProcess(proc.args, proc.returncode, out)
     assert nodeside.parse_pids(p.stdout) == {"/var/tmp/deploy/x/ok.pid": 4242}
     tails = nodeside.parse_tails(p.stdout)
     assert tails["/var/tmp/deploy/x/ok.log"] == "last line"

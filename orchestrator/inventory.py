@@ -460,7 +460,9 @@ def _node_value_problems(data: Any) -> list[Problem]:
                                    "file on the node (a container.mounts entry) and pass its path"))
         elif isinstance(value, dict):
             for k, v in value.items():
-                walk(k, path + (k,)) if isinstance(k, str) and len(k) > MAX_VALUE_BYTES else walk(v, path + (k,))
+                if isinstance(k, str) and len(k) > MAX_VALUE_BYTES // 4:  # a key that long is never a name
+                    walk(k, path + (k,))
+                walk(v, path + (k,))
         elif isinstance(value, list):
             for i, v in enumerate(value):
                 walk(v, path + (i,))

@@ -45,7 +45,7 @@ def test_pid_lines_never_carry_pid_0_or_1():
     argv = nodeside.signal_groups("c", [4242, 4243], "TERM")
     script = argv[argv.index("-c") + 1]
     p = subprocess.run(["sh", "-c", 'kill() { echo "kill $*"; }; ' + script, "sh", "TERM", "1", "0", "", "1;x",
-                        "-1", "4242"], capture_output=True, text=True, timeout=10)
+                        "-1", "01", "4242"], capture_output=True, text=True, timeout=10)
     assert p.stdout.splitlines() == ["kill -TERM -4242"]
 
 

@@ -85,8 +85,8 @@ def parse_alive(stdout: str) -> dict[int, bool]:
 
 def signal_groups(container: str, pids: list[int], sig: str) -> list[str]:
     """`kill -SIG -PGID` for each rank's process group, inside the container."""
-    # the `case` repeats pid_value's rule on the node: never `kill -1` (everything) or `-0`
-    return docker_exec(container, "sh", "-c", 'sig=$1; shift; for p in "$@"; do case $p in ""|*[!0-9]*|0|1) continue;; esac; '
+    # the `case` repeats pid_value's rule on the node: never `kill -1` (everything), `-0`, `-01`
+    return docker_exec(container, "sh", "-c", 'sig=$1; shift; for p in "$@"; do case $p in ""|*[!0-9]*|0*|1) continue;; esac; '
                        'kill -"$sig" -"$p" 2>/dev/null; done; true', "sh", sig, *_pids(pids))
 
 

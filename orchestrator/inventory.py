@@ -419,6 +419,7 @@ def parse_inventory(text: str, filename: str = "<inventory>") -> Inventory:
     if not isinstance(data, dict):
         raise InventoryError([Problem((), "the inventory must be a YAML mapping")], source)
     _spelled_env(data, (), located.raw)
+    problems += _node_value_problems(data)
     try:
         inv = Inventory.model_validate(data)
     except ValidationError as e:
@@ -432,6 +433,85 @@ def parse_inventory(text: str, filename: str = "<inventory>") -> Inventory:
         raise InventoryError(problems, source)
     inv._source = source
     return inv
+
+
+# A value that reaches a node travels as one command-line word (an argv token, an environment
+# string, a `-e NAME=VALUE`): Linux refuses a word over 128 KiB (MAX_ARG_STRLEN) at exec time,
+# where it would be a rank that never starts. Bounded here, with room for quoting.
+MAX_VALUE_BYTES = 64 * 1024
+# The whole `docker run` line and each container.setup command go through the node's `sh -c`
+# as one word (shlex-quoted): bounded as quoted text.
+MAX_COMMAND_BYTES = 96 * 1024
+_API_KEY_ENV = "VLLM_API_KEY"
+_VISIBLE = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?")
+
+
+def _node_value_problems(data: Any) -> list[Problem]:
+    """Bounds no schema type says: the length of every string, the container's command lines,
+    and the API key `up` sends as an HTTP header (docs/limits.md)."""
+    import shlex
+
+    out: list[Problem] = []
+
+    def walk(value: Any, path: tuple) -> None:
+        if isinstance(value, str):
+            if len(value.encode("utf-8", "surrogatepass")) > MAX_VALUE_BYTES:
+                out.append(Problem(path, f"the value is {len(value.encode('utf-8', 'surrogatepass'))} bytes; a value "
+                                         f"that reaches a node is at most {MAX_VALUE_BYTES}",
+                                   "one command-line word on Linux is at most 128 KiB; put long text in a "
+                                   "file on the node (a container.mounts entry) and pass its path"))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if isinstance(k, str) and len(k) > MAX_VALUE_BYTES // 4:  # a key that long is never a name
+                    walk(k, path + (k,))
+                walk(v, path + (k,))
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, path + (i,))
+
+    walk(data, ())
+    if out:
+        return out
+    container = data.get("container")
+    if isinstance(container, dict):
+        words = [f"{k}={v}" for k, v in (container.get("env") or {}).items()] if isinstance(container.get("env"), dict) else []
+        words += [str(m) for m in container.get("mounts") or []] if isinstance(container.get("mounts"), list) else []
+        if len(shlex.join(words).encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+            out.append(Problem(("container", "env") if container.get("env") else ("container", "mounts"),
+                               f"the docker run command these make is over {MAX_COMMAND_BYTES} bytes",
+                               "a node's shell takes one command line of at most 128 KiB; shorten the values"))
+        for i, argv in enumerate(container.get("setup") or []) if isinstance(container.get("setup"), list) else ():
+            if isinstance(argv, list) and len(shlex.join(map(str, argv)).encode("utf-8", "surrogatepass")) > MAX_COMMAND_BYTES:
+                out.append(Problem(("container", "setup", i), f"the command is over {MAX_COMMAND_BYTES} bytes",
+                                   "a node's shell takes one command line of at most 128 KiB; run a script "
+                                   "from a mounted file instead"))
+    for path, key in _api_keys(data):
+        if not (isinstance(key, (str, int)) and not isinstance(key, bool) and _VISIBLE.fullmatch(str(key))):
+            out.append(Problem(path, f"the API key {excerpt(key)} cannot be sent in an HTTP header: use visible "
+                                     "ASCII characters (spaces only inside), no line break",
+                               "up sends it as 'Authorization: Bearer KEY' to check the deployment serves"))
+    return out
+
+
+def _api_keys(data: Any):
+    """(path, value) of every api-key flag and VLLM_API_KEY variable in the inventory's layers."""
+    layers: list[tuple[tuple, Any]] = [((), data)]
+    roles = data.get("roles")
+    if isinstance(roles, dict):
+        layers += [(("roles", r), v) for r, v in roles.items()]
+    groups = data.get("groups")
+    if isinstance(groups, list):
+        layers += [(("groups", i), g) for i, g in enumerate(groups)]
+    for path, layer in layers:
+        if not isinstance(layer, dict):
+            continue
+        args, env = layer.get("args"), layer.get("env")
+        if isinstance(args, dict):
+            for k, v in args.items():
+                if isinstance(k, str) and k.lstrip("-").replace("_", "-") == "api-key" and v is not None and v is not False:
+                    yield path + ("args", k), v
+        if isinstance(env, dict) and env.get(_API_KEY_ENV) is not None:
+            yield path + ("env", _API_KEY_ENV), env[_API_KEY_ENV]
 
 
 def _spelled_env(data: Any, path: tuple, raw: dict) -> None:

@@ -308,11 +308,17 @@ def render_value(value: Any) -> str:
 
 
 def render_args(args: dict[str, Any]) -> list[str]:
+    """`--name value` per flag (`--name` alone for true). A value that starts with `-` is
+    joined as `--name=value`: as its own word argparse would read `--port=9999` as a flag (after
+    a flag that takes no value, e.g. `enforce-eager: "--port=9999"`, it would override the
+    planner's --port); joined, it can only ever be this flag's value."""
     argv: list[str] = []
     for name, value in args.items():
-        argv.append(f"--{name}")
-        if value is not True:
-            argv.append(render_value(value))
+        if value is True:
+            argv.append(f"--{name}")
+            continue
+        text = render_value(value)
+        argv += [f"--{name}={text}"] if text.startswith("-") else [f"--{name}", text]
     return argv
 
 

@@ -8,7 +8,7 @@ import click
 
 from ..launch.ledger import Ledger
 from ..launch.progress import Progress
-from ..launch.session import emit, lock_or_exit, plan_from_file, run_async, run_dir_or_exit
+from ..launch.session import emit, fail, lock_or_exit, plan_from_file, run_async, run_dir_or_exit
 from ..launch.steps import exit_code
 from ..launch.up import Up, UpOptions
 from ..transport import Cluster
@@ -36,8 +36,7 @@ def command(inventory: str, skip_checks: bool, recreate: bool, only: tuple[str, 
     try:
         ledger = Ledger.load(plan.name) or Ledger(plan.name)
     except ValueError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(1)
+        fail(str(e), as_json)
     ledger.inventory_text, ledger.inventory_file = text, os.path.abspath(inventory)
     opts = UpOptions(skip_checks=skip_checks, recreate=recreate, only=list(only) or None, bundle_dir=str(logs))
     holder: dict = {}

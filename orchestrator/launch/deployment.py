@@ -99,6 +99,9 @@ def api_key(plan: Plan) -> str | None:
             i = r.argv.index("--api-key")
             if i + 1 < len(r.argv):
                 return r.argv[i + 1]
+        joined = next((a for a in r.argv if a.startswith("--api-key=")), None)  # a key starting with -
+        if joined is not None:
+            return joined.removeprefix("--api-key=")
         if r.env.get("VLLM_API_KEY"):
             return r.env["VLLM_API_KEY"]
     return None

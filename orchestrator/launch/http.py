@@ -41,7 +41,10 @@ def _dechunk(data: bytes) -> bytes:
         end = data.find(b"\r\n", pos)
         if end < 0:
             break
-        size = int(data[pos:end].split(b";")[0].strip() or b"0", 16)
+        try:
+            size = int(data[pos:end].split(b";")[0].strip() or b"0", 16)
+        except ValueError:  # not a chunk size: keep what was read
+            break
         if size == 0:
             break
         out += data[end + 2:end + 2 + size]
@@ -55,7 +58,7 @@ def parse_response(raw: bytes) -> Response:
         return Response(0, error="incomplete HTTP response")
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not (parts[1].isascii() and parts[1].isdigit()):
         return Response(0, error=f"not an HTTP response: {lines[0][:80]!r}")
     headers = {}
     for line in lines[1:]:
@@ -63,7 +66,7 @@ def parse_response(raw: bytes) -> Response:
         headers[key.strip().lower()] = value.strip()
     if headers.get("transfer-encoding", "").lower() == "chunked":
         body = _dechunk(body)
-    elif "content-length" in headers and headers["content-length"].isdigit():
+    elif headers.get("content-length", "").isascii() and headers.get("content-length", "").isdigit():
         body = body[:int(headers["content-length"])]
     return Response(int(parts[1]), body, headers=headers)
 

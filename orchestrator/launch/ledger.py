@@ -12,8 +12,10 @@ the inventory copy are saved redacted (orchestrator/redact.py), every other text
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
+import math
 import os
 import socket
 import time
@@ -100,9 +102,14 @@ class Ledger:
         except (OSError, ValueError) as e:
             raise ValueError(f"the ledger {cls.path_for(name)} is unreadable ({e}); "
                              "move it away to start afresh") from None
-        if data.get("version") != VERSION:
-            raise ValueError(f"the ledger {cls.path_for(name)} has version {data.get('version')}, "
+        if not isinstance(data, dict) or data.get("version") != VERSION:
+            version = data.get("version") if isinstance(data, dict) else None
+            raise ValueError(f"the ledger {cls.path_for(name)} has version {version}, "
                              f"expected {VERSION}")
+        why = _malformed(data, name)
+        if why:
+            raise ValueError(f"the ledger {cls.path_for(name)} is not one deploy wrote ({why}); "
+                             "move it away to start afresh")
         ranks = {k: RankEntry(**v) for k, v in data.get("ranks", {}).items()}
         return cls(name=data["name"], inventory_text=data.get("inventory_text", ""),
                    inventory_file=data.get("inventory_file", ""), plan=data.get("plan", {}),
@@ -130,3 +137,43 @@ class Ledger:
 
     def record(self, step: str, ok: bool, detail: str = "") -> None:
         self.steps.append({"step": step, "ok": ok, "detail": detail[:2000], "at": time.time()})
+
+
+def _malformed(data: dict, name: str) -> str:
+    """Why `data` is not a ledger `save` wrote for `name` ("" if it is). A ledger edited by hand
+    or by someone else is refused whole: its PIDs are signalled and its entries name nodes, so
+    each field must have exactly the type and range `save` gives it (a pid is never `1`,
+    `"1; touch x"` or `true`; see nodeside.pid_value)."""
+    from .nodeside import pid_value
+
+    def text(v: object) -> bool:
+        return isinstance(v, str)
+
+    def number(v: object) -> bool:
+        return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v))
+
+    if data.get("name") != name:
+        return f"name {str(data.get('name'))[:60]!r}, expected {name!r}"
+    for key, check in (("state", text), ("inventory_text", text), ("inventory_file", text),
+                       ("plan", lambda v: isinstance(v, dict)), ("steps", lambda v: isinstance(v, list)),
+                       ("ranktable_hash", lambda v: v is None or text(v)),
+                       ("containers", lambda v: isinstance(v, dict) and all(text(k) and text(x) for k, x in v.items())),
+                       ("ranks", lambda v: isinstance(v, dict))):
+        if key in data and not check(data[key]):
+            return f"field {key}"
+    if data.get("proxy_pid") is not None and pid_value(data["proxy_pid"]) != data["proxy_pid"]:
+        return f"proxy_pid {str(data['proxy_pid'])[:60]!r} is not a PID"
+    fields = {f.name for f in dataclasses.fields(RankEntry)}
+    for key, entry in data.get("ranks", {}).items():
+        if not isinstance(entry, dict) or set(entry) - fields or not {"key", "node", "group"} <= set(entry):
+            return f"ranks.{str(key)[:60]}"
+        if entry["key"] != key or not all(text(entry[k]) for k in ("node", "group")):
+            return f"ranks.{str(key)[:60]}: key, node or group"
+        pid = entry.get("pid")
+        if pid is not None and pid_value(pid) != pid:
+            return f"ranks.{str(key)[:60]}.pid {str(pid)[:60]!r} is not a PID"
+        if not (number(entry.get("started")) and number(entry.get("ready"))):
+            return f"ranks.{str(key)[:60]}: started/ready"
+        if entry.get("table") is not None and not text(entry["table"]):
+            return f"ranks.{str(key)[:60]}.table"
+    return ""

@@ -12,6 +12,32 @@ import shlex
 
 from .. import nodepaths
 
+# Linux's largest pid_max (2^22). PID 0 and 1 are never ours: `kill -TERM -1` would signal every
+# process on the node, `-0` our own group. A PID read from a node or the ledger is this or nothing.
+PID_MAX = 4194304
+_PID = re.compile(r"[0-9]{1,7}")
+
+
+def pid_value(value: object) -> int | None:
+    """A PID of one of our processes as read from a pid file, a node's output or the ledger:
+    decimal ASCII digits (no sign, no space, no `²`), 2..PID_MAX; anything else is None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 2 <= value <= PID_MAX else None
+    if isinstance(value, str) and _PID.fullmatch(value):
+        return pid_value(int(value))
+    return None
+
+
+def _pids(pids: list[int]) -> list[str]:
+    """Backstop: every PID put on a node-side kill or probe line was validated where it was read."""
+    bad = [p for p in pids if pid_value(p) is None]
+    if bad:
+        raise ValueError(f"not a PID of ours: {bad[:3]!r}")
+    return [str(p) for p in pids]
+
+
 # Per PID: "<pid> <state letter>" ("-" when gone); zombies count as gone (PID 1 reaps slowly).
 _ALIVE = ('for p in "$@"; do s=$(sed "s/.*) //" /proc/"$p"/stat 2>/dev/null | cut -d" " -f1); '
           'echo "$p ${s:--}"; done')
@@ -38,29 +64,32 @@ def start_many(container: str, items: list[tuple[str, str, str]]) -> list[str]:
 def parse_started(stdout: str) -> dict[str, int]:
     out = {}
     for line in stdout.splitlines():
-        path, _, pid = line.rpartition(" ")
-        if path and pid.isdigit():
-            out[path] = int(pid)
+        path, _, text = line.rpartition(" ")
+        pid = pid_value(text)
+        if path and pid is not None:
+            out[path] = pid
     return out
 
 
 def alive(container: str, pids: list[int]) -> list[str]:
-    return docker_exec(container, "sh", "-c", _ALIVE, "sh", *map(str, pids))
+    return docker_exec(container, "sh", "-c", _ALIVE, "sh", *_pids(pids))
 
 
 def parse_alive(stdout: str) -> dict[int, bool]:
     out = {}
     for line in stdout.splitlines():
         parts = line.split()
-        if len(parts) == 2 and parts[0].isdigit():
-            out[int(parts[0])] = parts[1] not in ("-", "Z", "X")
+        pid = pid_value(parts[0]) if len(parts) == 2 else None
+        if pid is not None:
+            out[pid] = parts[1] not in ("-", "Z", "X")
     return out
 
 
 def signal_groups(container: str, pids: list[int], sig: str) -> list[str]:
     """`kill -SIG -PGID` for each rank's process group, inside the container."""
-    return docker_exec(container, "sh", "-c", 'sig=$1; shift; for p in "$@"; do kill -"$sig" -"$p" 2>/dev/null; done; true',
-                       "sh", sig, *map(str, pids))
+    # the `case` repeats pid_value's rule on the node: never `kill -1` (everything), `-0`, `-01`
+    return docker_exec(container, "sh", "-c", 'sig=$1; shift; for p in "$@"; do case $p in ""|*[!0-9]*|0*|1) continue;; esac; '
+                       'kill -"$sig" -"$p" 2>/dev/null; done; true', "sh", sig, *_pids(pids))
 
 
 def write_files_script(files: dict[str, tuple[str, int]]) -> str:
@@ -107,21 +136,37 @@ def remove_files_script(paths: list[str]) -> str:
     return "".join(f"rm -f -- {nodepaths.host_path(p)}\n" for p in paths) or "true\n"
 
 
+PID_FILE_BYTES = 64  # read of one pid file: a PID and a newline; more is not a pid file of ours
+LOG_TAIL_BYTES = 1 << 20  # read of one log's end: the last lines of a log whose lines are huge stay bounded
+
+
 def pids_script(pidfiles: list[str]) -> str:
-    """sh text printing `@@pid PATH` then the PID in each host pid file (nothing if absent)."""
-    return "".join(f"echo {shlex.quote('@@pid ' + f)}; cat {nodepaths.host_path(f)} 2>/dev/null; echo\n"
-                   for f in pidfiles)
+    """sh text printing `@@pid PATH` then the PID in each host pid file (nothing if absent).
+    Only a regular file is read, and only its start: a FIFO would block the read, a link to
+    /dev/zero would never end."""
+    out = []
+    for f in pidfiles:
+        p = nodepaths.host_path(f)
+        out.append(f"echo {shlex.quote('@@pid ' + f)}; [ -f {p} ] && head -c {PID_FILE_BYTES} {p} 2>/dev/null; echo\n")
+    return "".join(out)
 
 
 def parse_pids(stdout: str) -> dict[str, int]:
-    """pid file -> PID from the output of `pids_script` (files with no PID left out)."""
+    """pid file -> PID from the output of `pids_script`. A file with no PID, or with anything but
+    one PID of ours (garbage, `1`, `0`, a hostile string written on the node), is left out:
+    nothing is ever signalled on its say-so."""
     out: dict[str, int] = {}
     cur = None
     for line in stdout.splitlines():
         if line.startswith("@@"):
             cur = line[6:] if line.startswith("@@pid ") else None
-        elif cur and line.strip().isdigit():
-            out[cur] = int(line.strip())
+        elif cur:
+            pid = pid_value(line.strip())
+            if pid is not None and cur not in out:
+                out[cur] = pid
+            elif line.strip():
+                out.pop(cur, None)
+                cur = None  # more than one value, or garbage: not a pid file of ours
     return out
 
 
@@ -129,7 +174,9 @@ def tail_script(paths: list[str], lines: int = 20) -> str:
     """For each host file: `@@tail PATH`, its last lines."""
     out = []
     for p in paths:
-        out.append(f"echo {shlex.quote('@@tail ' + p)}; tail -n {int(lines)} {nodepaths.host_path(p)} 2>/dev/null || true")
+        q = nodepaths.host_path(p)
+        out.append(f"echo {shlex.quote('@@tail ' + p)}; [ -f {q} ] && tail -c {LOG_TAIL_BYTES} {q} 2>/dev/null "
+                   f"| tail -n {int(lines)}; true")
     return "\n".join(out) + "\n"
 
 

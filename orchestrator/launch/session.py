@@ -68,6 +68,10 @@ def launched_plan(path: str, as_json: bool) -> tuple[Plan, Ledger | None, str]:
         launched = make_plan(parse_inventory(ledger.inventory_text, ledger.inventory_file or path))
     except InventoryError:
         return plan, ledger, "inventory file (the ledger's copy no longer plans)"
+    if launched.name != plan.name:  # the ledger is found by name: one of another name is not ours
+        click.echo(f"warning: the ledger {Ledger.path_for(plan.name)} holds the inventory "
+                   f"'{launched.name}', not '{plan.name}'; using the inventory file", err=True)
+        return plan, None, "inventory file (the ledger names another deployment)"
     if redact.redact_plan_json(launched.to_json()) != redact.redact_plan_json(plan.to_json()):
         click.echo(f"note: {path} changed since `up`; acting on the deployment as launched "
                    f"(ledger {Ledger.path_for(plan.name)})", err=True)

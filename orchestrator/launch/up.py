@@ -186,8 +186,9 @@ class Up:
     async def _alive_map(self) -> dict[tuple[str, int], bool]:
         """(node, pid) -> alive, for every PID the ledger knows, one docker exec per node."""
         pids: dict[str, list[int]] = {}
-        for e in self.ledger.ranks.values():
-            if e.pid is not None:
+        nodes = {r.key: r.node for r in self.refs}
+        for key, e in self.ledger.ranks.items():
+            if e.pid is not None and nodes.get(key) == e.node:  # only ranks of this plan, where it runs them
                 pids.setdefault(e.node, []).append(e.pid)
         out: dict[tuple[str, int], bool] = {}
 

@@ -215,7 +215,7 @@ def apply_fault(
         if arg == node:
             raise ValueError("ping-loss needs another node as peer")
         pdir = _node_dir(root, arg)
-        for this, other, d in ((node, arg, ndir), (arg, node, pdir)):
+        for _this, other, d in ((node, arg, ndir), (arg, node, pdir)):
             with node_lock(d):
                 st = load_state(d)
                 if other not in st.ping_loss:

@@ -6,14 +6,11 @@ right fix printed, then the node's state is restored for the next test.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+import simcluster
 
 A2_INV = """\
 name: cn-a2
@@ -46,47 +43,21 @@ groups:
 proxy: {node: p0, port: 1999}
 """
 
-MODES = ["openssh", "embedded"] if Path("/usr/sbin/sshd").exists() else ["embedded"]
+MODES = simcluster.MODES
 
 
 def deploy(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DEPLOY_STATE_DIR=os.environ.get("DEPLOY_STATE_DIR", tempfile.gettempdir() + "/deploy-test-state"))
-    p = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                       timeout=timeout, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"deploy {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
+    return simcluster.deploy(*args, env=simcluster.SHARED_ENV, check=check, timeout=timeout)
 
 
-class Sim:
+class Sim(simcluster.Sim):
+    """A sim of an inventory text, sharing the tests' state folder."""
+
     def __init__(self, text: str, mode: str):
-        self.dir = Path(tempfile.mkdtemp(prefix="cn-sim-", dir="/tmp"))
-        self.dir.chmod(0o755)
-        src = self.dir / "source.yaml"
-        src.write_text(text)
-        out = deploy("sim", "up", str(src), "--dir", str(self.dir / "sim"), "--sshd", mode, check=True)
-        self.inventory = out.stdout.strip().splitlines()[-1]
-        self.faulted: set[str] = set()
-
-    def fault(self, node: str, fault: str, device: int | None = None) -> None:
-        args = ["sim", "fault", "--dir", str(self.dir / "sim"), node, fault]
-        if device is not None:
-            args += ["--device", str(device)]
-        deploy(*args, check=True)
-        self.faulted.add(node)
-
-    def restore(self) -> None:
-        """`deploy sim fault NODE clear` on every node a test broke."""
-        for node in sorted(self.faulted):
-            deploy("sim", "fault", "--dir", str(self.dir / "sim"), node, "clear", check=True)
-        self.faulted.clear()
+        super().__init__(text, mode, prefix="cn-sim-", state=False)
 
     def check(self, *args: str) -> subprocess.CompletedProcess:
         return deploy("check-network", self.inventory, *args)
-
-    def down(self) -> None:
-        deploy("sim", "down", "--dir", str(self.dir / "sim"))
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module", params=MODES)

@@ -6,19 +6,17 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+import simcluster
 
-MODES = ["openssh", "embedded"] if Path("/usr/sbin/sshd").exists() else ["embedded"]
+MODES = simcluster.MODES
 
 
 def deploy(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DEPLOY_STATE_DIR=tempfile.gettempdir() + "/deploy-test-state")
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    return simcluster.deploy(*args, env=simcluster.SHARED_ENV, timeout=120)
 
 
 def sim_processes(root: Path) -> list[int]:

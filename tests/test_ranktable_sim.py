@@ -7,14 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+import simcluster
 
 A2_INV = """\
 name: rt-a2
@@ -47,34 +44,21 @@ groups:
 proxy: {node: p0, port: 1999}
 """
 
-MODES = ["openssh", "embedded"] if Path("/usr/sbin/sshd").exists() else ["embedded"]
+MODES = simcluster.MODES
 # (node, devices used in order) per role, from the inventories above
 A2_PD = {"prefill": [("p0", list(range(8)))], "decode": [("d0", [4, 5, 6, 7]), ("d1", [4, 5, 6, 7])]}
 A3_PD = {"prefill": [("p0", list(range(16)))], "decode": [("d0", list(range(8)))]}
 
 
 def deploy(*args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DEPLOY_STATE_DIR=os.environ.get("DEPLOY_STATE_DIR", tempfile.gettempdir() + "/deploy-test-state"))
-    p = subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                       timeout=timeout, env=env)
-    if check and p.returncode != 0:
-        raise AssertionError(f"deploy {' '.join(args)} -> {p.returncode}\n{p.stdout}\n{p.stderr}")
-    return p
+    return simcluster.deploy(*args, env=simcluster.SHARED_ENV, check=check, timeout=timeout)
 
 
-class Sim:
+class Sim(simcluster.Sim):
+    """A sim of an inventory text, sharing the tests' state folder."""
+
     def __init__(self, text: str, mode: str):
-        self.dir = Path(tempfile.mkdtemp(prefix="rt-sim-", dir="/tmp"))
-        self.dir.chmod(0o755)
-        src = self.dir / "source.yaml"
-        src.write_text(text)
-        out = deploy("sim", "up", str(src), "--dir", str(self.sim), "--sshd", mode, check=True)
-        self.inventory = out.stdout.strip().splitlines()[-1]
-        self.faulted: set[str] = set()
-
-    @property
-    def sim(self) -> Path:
-        return self.dir / "sim"
+        super().__init__(text, mode, prefix="rt-sim-", state=False)
 
     def truth(self, node: str) -> dict:
         """The simulated node's hardware: address and per-device ip / vnic / sdid / pod."""
@@ -82,28 +66,10 @@ class Sim:
         return st
 
     def address(self, node: str) -> str:
-        inv = self.sim / "inventory.yaml"
-        import yaml
-        return yaml.safe_load(inv.read_text())["nodes"][node]["host"]
-
-    def fault(self, node: str, fault: str, device: int | None = None) -> None:
-        args = ["sim", "fault", "--dir", str(self.sim), node, fault]
-        if device is not None:
-            args += ["--device", str(device)]
-        deploy(*args, check=True)
-        self.faulted.add(node)
-
-    def restore(self) -> None:
-        for node in sorted(self.faulted):
-            deploy("sim", "fault", "--dir", str(self.sim), node, "clear", check=True)
-        self.faulted.clear()
+        return self.inv["nodes"][node]["host"]
 
     def ranktable(self, *args: str) -> subprocess.CompletedProcess:
         return deploy("ranktable", self.inventory, *args)
-
-    def down(self) -> None:
-        deploy("sim", "down", "--dir", str(self.sim))
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def _device(sim: Sim, node: str, dev: int) -> dict:

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -24,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import simcluster
 import yaml
 
 MODES = ["openssh", "embedded"]
@@ -50,9 +50,7 @@ TIME_FACTOR = "0.05"  # vLLM's limits x 0.05: the 5-minute handshake 15 s, VLLM_
 
 
 def deploy(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = dict(os.environ, DEPLOY_STATE_DIR=tempfile.gettempdir() + "/deploy-test-state")
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return simcluster.deploy(*args, env=simcluster.SHARED_ENV, timeout=timeout)
 
 
 class Deployment:

@@ -16,91 +16,19 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import simcluster
 import yaml
+from simcluster import MODES, ROOT, deploy
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted(p.name for p in (ROOT / "inventories").glob("*.yaml"))
-MODES = ["openssh", "embedded"] if Path("/usr/sbin/sshd").exists() else ["embedded"]
 STARTUP = "0.3"  # seconds of simulated model loading per rank
 
 
-def deploy(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+class Sim(simcluster.Sim):
+    """A sim of `source` with this file's pace: ranks load in STARTUP s, readiness.timeout 120 s."""
 
-
-class Sim:
     def __init__(self, source: Path, mode: str, readiness_timeout: float = 120):
-        self.dir = Path(tempfile.mkdtemp(prefix="up-sim-", dir="/tmp"))
-        self.dir.chmod(0o755)
-        data = yaml.safe_load(source.read_text())
-        data.setdefault("readiness", {})["timeout"] = readiness_timeout
-        src = self.dir / "source.yaml"
-        src.write_text(yaml.safe_dump(data, sort_keys=False))
-        self.env = {"DEPLOY_STATE_DIR": str(self.dir / "state")}
-        p = deploy("sim", "up", str(src), "--dir", str(self.dir / "sim"), "--sshd", mode,
-                   "--startup", STARTUP, env=self.env)
-        assert p.returncode == 0, p.stderr
-        self.inventory = p.stdout.strip().splitlines()[-1]
-        self.inv = yaml.safe_load(Path(self.inventory).read_text())
-
-    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        return deploy(*args, env=self.env, timeout=timeout)
-
-    def json(self, *args: str) -> tuple[int, dict]:
-        p = self.run(*args, "--json")
-        try:
-            doc = json.loads(p.stdout)
-        except ValueError:
-            raise AssertionError(f"not one JSON object on stdout (rc {p.returncode}):\n{p.stdout}\n{p.stderr}") from None
-        return p.returncode, doc
-
-    def node_exec(self, *argv: str, nodes: str | None = None) -> dict:
-        args = ["exec", self.inventory, "--json"] + (["--nodes", nodes] if nodes else []) + ["--", *argv]
-        p = self.run(*args)
-        return json.loads(p.stdout)["nodes"]
-
-    def fault(self, node: str, fault: str, device: int | None = None) -> None:
-        args = ["sim", "fault", "--dir", str(self.dir / "sim"), node, fault]
-        if device is not None:
-            args += ["--device", str(device)]
-        p = self.run(*args)
-        assert p.returncode == 0, p.stderr
-
-    def assert_nothing_left(self) -> None:
-        """On every node: no container, no process in npu-smi, no deployment port listening."""
-        ps = self.node_exec("docker", "ps", "-a", "-q")
-        assert all(o["stdout"].strip() == "" for o in ps.values()), ps
-        smi = self.node_exec("npu-smi", "info")
-        for node, o in smi.items():
-            assert o["status"] == "ok", o
-            assert "Process id" in o["stdout"]
-            rows = [ln for ln in o["stdout"].splitlines() if ln.startswith("|") and "No running processes" not in ln]
-            procs = [ln for ln in rows if ln.count("|") == 5 and ln.split("|")[2].strip().isdigit()]
-            assert not procs, f"{node} still has processes:\n" + "\n".join(procs)
-        addrs = {n["host"] for n in self.inv["nodes"].values()}
-        ports = _plan_ports(self.inventory)
-        held = [(a, p) for a, p in _listening() if a in addrs and p in ports]
-        assert not held, f"still listening: {held}"
-
-    def down(self) -> None:
-        self.run("sim", "down", "--dir", str(self.dir / "sim"))
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _plan_ports(inventory: str) -> set[int]:
-    plan = json.loads(deploy("plan", inventory, "--json").stdout)
-    ports = {r["port"] for r in plan["ranks"] if r["port"]}
-    ports |= {p for r in plan["ranks"] if r.get("kv_ports") for p in range(r["kv_ports"][0], r["kv_ports"][1] + 1)}
-    if plan["proxy"]:
-        ports.add(plan["proxy"]["port"])
-    return ports
-
-
-def _listening() -> set[tuple[str, int]]:
-    from orchestrator.launch.nodeside import parse_listening
-
-    return parse_listening(Path("/proc/net/tcp").read_text())
+        super().__init__(source, mode, prefix="up-sim-", readiness_timeout=readiness_timeout, startup=STARTUP)
 
 
 @pytest.mark.parametrize("example", EXAMPLES)

@@ -15,7 +15,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 
-from .. import nodepaths, redact, scripts
+from .. import nodepaths, redact, scripts, triage
 from ..checks.parsers import npu_info
 from ..plan import ContainerPlan, Plan
 from ..transport import Cluster
@@ -31,7 +31,12 @@ HEALTH_TIMEOUT = 3.0   # s per /health request
 PROXY_TIMEOUT = 120.0  # s for the proxy's /healthcheck
 SMOKE_TIMEOUT = 120.0
 LOG_TAIL = 15
+LIVE_TAIL = 40  # lines of each rank's log read per readiness round: a line printed between two polls is seen
 GROUP_STOP_GRACE = 10.0  # s between SIGTERM and SIGKILL when a group is stopped to restart or fail it
+FAILED_FIX = ("read the rank's log and the diagnostics above; fix, then deploy up again "
+              "(healthy groups keep running)")
+TIMEOUT_FIX = ("if the ranks are still loading (weights, graph compile), raise readiness.timeout; otherwise every "
+               "rank of the group must start and reach its DP master: " + FAILED_FIX)
 
 
 @dataclass
@@ -537,6 +542,7 @@ class Up:
         deadlines = {g: deadline for g in pending}
         attempts = {g: 0 for g in pending}
         last_line: dict[str, str] = {}
+        fixes: dict[str, str] = {}  # group -> what to do, when not the generic FAILED_FIX
         self.ledger.save()
         while pending:
             now = time.monotonic()
@@ -549,6 +555,14 @@ class Up:
                     trouble[g] = (lost[0], f"node {lost[0].node} became unreachable: {self.lost[lost[0].node]}")
                 elif dead:
                     trouble[g] = (dead[0], f"{dead[0].where()} exited before the group was ready")
+                else:  # a rank alive but logging a known error (hccn.conf missing: it serves garbage)
+                    bad = next(((r, line) for r in groups[g] if r.log in tails
+                                for sig, line in _triage(tails[r.log], r, self.inv.devices_per_node, live=True,
+                                                         nodes_by_ip=self.nodes_by_ip)
+                                if _SEVERITY.get(sig) in ("fatal", "error")), None)
+                    if bad is not None:
+                        trouble[g] = (bad[0], f"{bad[0].where()} logged a known error before the group was "
+                                              f"ready: {bad[1].split(': ', 1)[-1].split('. ')[0]}")
             checks = [(g, r) for g in pending if g not in trouble for r in http_ranks(groups[g])
                       if r.key not in ready[g]]
             answers = await asyncio.gather(*(self._health(r) for _, r in checks))
@@ -566,6 +580,7 @@ class Up:
                 elif g not in trouble and now > deadlines[g]:
                     slow = [r for r in http_ranks(groups[g]) if r.key not in ready[g]]
                     r = slow[0] if slow else groups[g][0]
+                    fixes[g] = TIMEOUT_FIX
                     trouble[g] = (r, f"group {g} not ready after {timeout:g}s (readiness.timeout): "
                                      f"{len(ready[g])}/{len(http_ranks(groups[g]))} ranks answer /health; "
                                      f"still waiting on {r.where()}")
@@ -586,6 +601,7 @@ class Up:
                     await asyncio.sleep(wait)
                     res = await self._start_group(g, groups[g])
                     if res is None:
+                        fixes.pop(g, None)
                         ready[g] = set()
                         pending[g] = time.monotonic()
                         deadlines[g] = pending[g] + timeout
@@ -599,12 +615,12 @@ class Up:
                 if bundle:
                     msg += f"\n    diagnostics: {bundle}"
                 result.failed_groups[g] = msg
-                self._group_failed(g, msg, r.node)
+                self._group_failed(g, msg, r.node, fixes.get(g, FAILED_FIX))
                 del pending[g]
             for g in pending:  # live triage: a known failure line in a rank's log, said at once
                 for r in groups[g]:
                     if r.log in tails:
-                        last_line[r.key] = tails[r.log]
+                        last_line[r.key] = (tails[r.log].rstrip().splitlines() or [""])[-1]
                         for sig, line in _triage(tails[r.log], r, self.inv.devices_per_node, live=True,
                                                  nodes_by_ip=self.nodes_by_ip):
                             if (g, sig) not in self.said:  # once per group: every rank prints the same
@@ -619,9 +635,7 @@ class Up:
         for g, msg in result.failed_groups.items():
             for r in groups[g]:
                 cause = Cause.UNREACHABLE if r.node in self.lost else Cause.FAILED
-                per_node[r.node] = NodeResult(r.node, cause, msg.splitlines()[0],
-                                         "read the rank's log and the diagnostics above; fix, then deploy up again "
-                                         "(healthy groups keep running)")
+                per_node[r.node] = NodeResult(r.node, cause, msg.splitlines()[0], fixes.get(g, FAILED_FIX))
         report = StepReport(Kind.READINESS, "readiness", per_node, time.monotonic() - t0)
         self.runner.reports.append(report)
         self._record(report)
@@ -669,8 +683,8 @@ class Up:
             return f"(could not write the diagnostics to {root}: {e})"
         return str(root)
 
-    def _group_failed(self, group: str, msg: str, node: str) -> None:
-        self.progress.say(f"  FAILED group {group} ({node}): {msg}")
+    def _group_failed(self, group: str, msg: str, node: str, fix: str) -> None:
+        self.progress.say(f"  FAILED group {group} ({node}): {msg}\n    fix: {fix}")
 
     def _wait_line(self, group: str, refs: list[RankRef], ready: set[str], last: dict[str, str], now: float) -> str:
         n_http = len(http_ranks(refs))
@@ -680,7 +694,7 @@ class Up:
                 f"{now - self.started:.0f}s; slowest {slow.node}:{slow.rank.port or '-'}: {line or '(no log yet)'}")
 
     async def _poll_processes(self, refs: list[RankRef]) -> tuple[dict[str, bool], dict[str, str]]:
-        """Per rank key: alive; per log path: its last line. One round trip per node."""
+        """Per rank key: alive; per log path: its last LIVE_TAIL lines. One round trip per node."""
         by_node: dict[str, list[RankRef]] = {}
         for r in refs:
             by_node.setdefault(r.node, []).append(r)
@@ -691,7 +705,7 @@ class Up:
             mine = by_node[node]
             pids = [self.ledger.ranks[r.key].pid for r in mine if r.key in self.ledger.ranks]
             script = shlex.join(nodeside.alive(self.container, [p for p in pids if p])) + "\n"
-            script += nodeside.tail_script([r.log for r in mine], 1)
+            script += nodeside.tail_script([r.log for r in mine], LIVE_TAIL)
             o = await self.cluster.run_script(node, script, timeout=60)
             if o.status == "unreachable":
                 self.lost[node] = o.reason
@@ -865,6 +879,8 @@ def container_drift(current: dict, spec: ContainerPlan) -> list[str]:
 
 
 GENERIC = {"engine-init-failed", "engine-dead"}  # fallbacks: not worth a live line of their own
+
+_SEVERITY = {sig.id: sig.severity for sig in triage.SIGNATURES}  # signature id -> fatal / error / warning
 
 
 def _triage(log: str, ref: RankRef, npus: int | None = None, live: bool = False,

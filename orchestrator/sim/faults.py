@@ -53,6 +53,9 @@ FAULTS: dict[str, Fault] = {
     "tls-on": _f("tool", "none", "TLS switch 1 (state, -tls -g and hccn.conf tls_enable_N)"),
     "no-ip": _f("tool", "none", "no live RoCE IP: -ip -g rc 13, pings to it fail; hccn.conf keeps address_N"),
     "hccn-conf-drift": _f("tool", "none", "hccn.conf address_N differs from the live IP (-ip -g)"),
+    "no-hccn-conf": _f("tool", "none", "the node has no /etc/hccn.conf: check-network fails hccn_conf; a container "
+                       "started anyway gets an empty folder there (docker creates missing bind sources), so HCCL "
+                       "finds no device IPs ('device ip' is not set correctly)"),
     "ping-loss": _f("tool", "required", "ping-loss:<peer>: RoCE and HCCS pings between the node and <peer> fail both ways"),
     "dup-ip": _f("tool", "required", "dup-ip:<peer>: device gets the RoCE IP of <peer>'s same-index device"),
     "busy": _f("tool", "optional", "busy[:n]: the next n (default 3) hccn_tool calls on the node answer busy (rc 11)"),
@@ -74,6 +77,9 @@ FAULTS: dict[str, Fault] = {
     "crash-at-start": _f("runtime", "none", "vllm serve on the node exits 1 during start-up, before binding its port"),
     "crash-after": _f("runtime", "required", "crash-after:<s>: vllm serve exits <s> seconds after it started"),
     "never-ready": _f("runtime", "none", "vllm serve loads forever: its port never accepts, /health never answers"),
+    "master-unreachable": _f("runtime", "none", "the DP group master (front end) this node hosts cannot be reached from the "
+                             "group's other nodes (a firewall on its RPC/master port): their engines wait for it, it "
+                             "waits for them"),
     "slow-start": _f("runtime", "required", "slow-start:<s>: vllm serve's start-up takes <s> seconds more"),
     "engine-death": _f("runtime", "none", "vllm serve's engine dies after ready: /health 503, requests fail"),
     "clear-runtime": _f("runtime", "none", "undo the node's runtime faults (running processes are kept)"),
@@ -100,7 +106,7 @@ def help_listing() -> str:
     return "\n".join(f"  {n:17} {f.kind:8} {f.help}" for n, f in FAULTS.items())
 
 
-_NODE_LEVEL = {"ping-loss", "busy", "driver", "firmware", "cann"}
+_NODE_LEVEL = {"ping-loss", "busy", "driver", "firmware", "cann", "no-hccn-conf"}
 _VERSION_FIELDS = {"driver": ("driver_version", "npu_smi_version"), "firmware": ("firmware_version",),
                    "cann": ("cann_version",)}
 HBM_HELD_MB = 60000
@@ -229,6 +235,8 @@ def apply_fault(
         st = load_state(ndir)
         if name == "busy":
             st.busy = int(arg) if arg else 3
+        elif name == "no-hccn-conf":
+            st.hccn_conf = False
         elif name in _VERSION_FIELDS:
             if not re.fullmatch(r"[A-Za-z0-9._-]{1,32}", str(arg)):
                 raise ValueError(f"{name} version must be letters, digits, '.', '_' or '-' (got {arg!r})")

@@ -99,6 +99,7 @@ class NodeState(BaseModel):
     server_index: int | None = None  # A3
     busy: int = 0  # the next `busy` hccn_tool invocations answer "busy"
     ping_loss: list[str] = Field(default_factory=list)  # peer nodes pings to/from fail
+    hccn_conf: bool = True  # False (fault no-hccn-conf): the node has no /etc/hccn.conf
     faults: list[str] = Field(default_factory=list)  # applied fault specs, for display
     devices: list[DeviceState]
 

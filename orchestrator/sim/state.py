@@ -199,7 +199,13 @@ def save_state(node_dir: str | os.PathLike[str], state: NodeState) -> None:
     _mkdir(ndir)
     _mkdir(ndir / "etc")
     _write(ndir / "state.json", _dump_json(state), RW_MODE)
-    _write(ndir / "etc" / "hccn.conf", render_hccn_conf(state), RW_MODE)
+    conf = ndir / "etc" / "hccn.conf"
+    if conf.is_dir():  # a container started while it was missing: docker made a folder there
+        shutil.rmtree(conf)
+    if state.hccn_conf:
+        _write(conf, render_hccn_conf(state), RW_MODE)
+    else:
+        conf.unlink(missing_ok=True)
     render = ndir / "render"
     _sync_tree(render, render_node(state), keep={"busy", "index"})
     _write(render / "busy", f"{state.busy}\n" if state.busy > 0 else "", RW_MODE)

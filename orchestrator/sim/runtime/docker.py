@@ -510,7 +510,7 @@ def start(rec: dict) -> None:
             os.makedirs(link)
     for src, dst, _rec, _ro in mount_plan(rec):
         if not os.path.exists(src):  # docker creates missing bind sources as folders
-            os.makedirs(src, exist_ok=True)
+            os.makedirs(os.path.realpath(src), exist_ok=True)  # (a dangling link's target, as the host view's)
         if os.path.isdir(src):
             if os.path.islink(dst) or (os.path.exists(dst) and not os.path.isdir(dst)):
                 os.unlink(dst)

@@ -17,6 +17,7 @@ source of every line it prints):
   VLLM_KEEP_ALIVE_ON_ENGINE_DEATH), /v1/models, /v1/completions, /v1/chat/completions (JSON or SSE),
   /metrics; P/D: a producer returns kv_transfer_params, a consumer requires them;
 - runtime faults from the node's runtime/config.json: crash-at-start, crash-after:N, never-ready,
+  master-unreachable (the group master it hosts answers only its own engines),
   slow-start:S, engine-death (also while running);
 - SIGTERM/SIGINT: graceful (engines stopped, claims released, ports closed, exit 0). SIGKILL of this
   process alone leaves its engines running and holding their HBM, as real vLLM does (vllm#55510).
@@ -372,7 +373,10 @@ class Frontend:
                 return self.fail(f"zmq.error.ZMQError: Cannot assign requested address (addr='{path}')",
                                  _top() + [(_UTILS, 702, "launch_core_engines",
                                             "with zmq_socket_ctx(local_handshake_address, zmq.ROUTER,")])
-            self.rdzv = Rendezvous(group["size"], self.check_children)
+            local = None
+            if "master-unreachable" in self.node.faults():  # only our own engines get through
+                local = {cfg.node_rank} if cfg.nnodes > 1 else {cfg.dp_start + i for i in range(len(self.devices))}
+            self.rdzv = Rendezvous(group["size"], self.check_children, local)
             try:
                 await self.rdzv.start(bind, port)
             except OSError:

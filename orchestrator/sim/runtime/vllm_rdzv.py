@@ -7,7 +7,9 @@ gets an init reply at once; then it joins the DP group, and the group forms only
 member has joined (the gloo/TCPStore barrier), so no rank can get READY before the whole group is
 there; the front end is ready when every member reported READY. A formed group admits no new
 member: a rank restarted alone waits (until its own ready timeout), as a real DP group cannot
-take a replacement. Members exchange what the HCCL-like
+take a replacement. With `local` set (fault master-unreachable: a firewall on the node), a HELLO
+from an engine outside it is read and never answered, as a dropped connection looks to ZMQ: the
+remote engine waits for its init until its handshake limit. Members exchange what the HCCL-like
 checks need (devices, TLS, IPs, socket env) in the group message. JSON lines, bounded.
 """
 from __future__ import annotations
@@ -17,8 +19,9 @@ import json
 
 
 class Rendezvous:
-    def __init__(self, size: int, on_change=None):
+    def __init__(self, size: int, on_change=None, local: set[int] | None = None):
         self.size = size
+        self.local = local  # None: every member can reach us; else only these indexes
         self.on_change = on_change or (lambda: None)
         self.writers: dict[int, asyncio.StreamWriter] = {}
         self.joined: dict[int, dict] = {}
@@ -62,6 +65,9 @@ class Rendezvous:
                     if not 0 <= index < self.size or int(msg.get("size", self.size)) != self.size:
                         index = None  # another group's engine (wrong rpc port): no answer
                         return
+                    if self.local is not None and index not in self.local:
+                        index = None  # firewalled: read on, never answer
+                        continue
                     old = self.writers.get(index)
                     if old is not None and old is not writer:
                         old.close()

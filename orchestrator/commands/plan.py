@@ -6,8 +6,6 @@ import json
 import click
 
 from ..cliutil import JsonCommand, load_plan_or_exit
-from ..render import plan_table
-from ..scripts import node_script
 
 
 @click.command("plan", cls=JsonCommand)
@@ -22,6 +20,8 @@ def command(inventory: str, as_json: bool, script_node: str | None) -> None:
         if script_node not in plan.inventory.nodes:
             raise click.BadParameter(f"'{script_node}' is not a node of the inventory "
                                      f"(nodes: {', '.join(plan.inventory.nodes)})", param_hint="--script")
+        from ..scripts import node_script
+
         text = node_script(plan, script_node)
         if not text:
             raise click.ClickException(f"node '{script_node}' runs nothing in this plan")
@@ -30,4 +30,6 @@ def command(inventory: str, as_json: bool, script_node: str | None) -> None:
     if as_json:
         click.echo(json.dumps(plan.to_json(), indent=2))
         return
+    from ..render import plan_table  # rich: only for the table
+
     plan_table(plan)

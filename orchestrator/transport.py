@@ -38,17 +38,15 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
-import asyncssh
-from asyncssh.config import SSHClientConfig
-from asyncssh.encryption import get_encryption_algs
-from asyncssh.kex import get_kex_algs
-from asyncssh.mac import get_mac_algs
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from .inventory import Inventory, parse_jump
 from .runlog import inside
+from .sshimport import SSHClientConfig, asyncssh, get_encryption_algs, get_kex_algs, get_mac_algs
+
+if TYPE_CHECKING:  # a type only: `deploy exec` on a cached inventory never imports pydantic
+    from .inventory import Inventory
 
 Status = Literal["ok", "failed", "unreachable"]
 T = TypeVar("T")
@@ -138,6 +136,9 @@ def _connect_algs() -> dict:
             "compression_algs": ["none"]}
 
 
+_NO_CONFIG: dict = {}  # what `_config` answers without a ~/.ssh/config: every option unset
+
+
 # ---------------------------------------------------------------- host keys
 
 
@@ -187,7 +188,7 @@ class HostKeys:
             raise _Failed(
                 f"host key unknown: {entry} ({key.get_algorithm()} {fp}) is not in {self.path} and "
                 f"ssh.host_keys is strict. Verify the fingerprint, then add it:\n  ssh-keyscan "
-                f"{'-p %d ' % port if port != 22 else ''}{shlex.quote(host)} >> "
+                f"{f'-p {port} ' if port != 22 else ''}{shlex.quote(host)} >> "
                 f"{shlex.quote(str(self.path))}")
         self.record(entry, key)
 
@@ -623,8 +624,11 @@ class Cluster:
             self._conns[name] = asyncio.ensure_future(self._open(name))
         return await asyncio.shield(self._conns[name])
 
-    def _config(self, host: str) -> SSHClientConfig:
-        """~/.ssh/config for `host`, parsed once per host per run (cheap with no config file)."""
+    def _config(self, host: str) -> SSHClientConfig | dict:
+        """~/.ssh/config for `host`, parsed once per host per run; nothing at all to parse (and
+        no per-node work) without a config file."""
+        if not self._config_paths:
+            return _NO_CONFIG
         cfg = self._configs.get(host)
         if cfg is None:
             if self._local_user is None:
@@ -666,6 +670,8 @@ class Cluster:
         """
         async def open_chain() -> asyncssh.SSHClientConnection | str:
             conn = None
+            from .inventory import parse_jump
+
             try:
                 hops = parse_jump(spec)  # ssh.jump is checked at load; ProxyJump is not
             except ValueError as e:
@@ -713,7 +719,7 @@ class Cluster:
                             return await asyncssh.connect(
                                 host, port, tunnel=tunnel, username=user, client_keys=keys,
                                 config=self._config_paths, known_hosts=self._keys.trusted,
-                                client_factory=lambda: client,
+                                client_factory=lambda c=client: c,
                                 connect_timeout=self.inv.ssh.connect_timeout,
                                 keepalive_interval=KEEPALIVE, **self._algs)
                         except asyncssh.HostKeyNotVerifiable:

@@ -85,17 +85,16 @@ def _read_regular(path: str | Path) -> bytes | None:
         os.close(fd)
 
 
-def _encode(value: Any) -> Any:
+def _encode(value: Any, model: type) -> Any:
     """A validated model as tagged JSON: {"m": fields} for a model, {"d": …} for a mapping,
     {"l": […]} for a list, plain JSON scalars as they are (so nothing is ambiguous)."""
-    from pydantic import BaseModel
-
-    if isinstance(value, BaseModel):
-        return {"m": {name: _encode(getattr(value, name)) for name in type(value).model_fields}}
+    if isinstance(value, model):
+        return {"m": {name: _encode(getattr(value, name), model)
+                      for name in type(value).model_fields}}
     if isinstance(value, dict):
-        return {"d": {str(k): _encode(v) for k, v in value.items()}}
+        return {"d": {str(k): _encode(v, model) for k, v in value.items()}}
     if isinstance(value, (list, tuple)):
-        return {"l": [_encode(v) for v in value]}
+        return {"l": [_encode(v, model) for v in value]}
     if value is None or isinstance(value, (str, int, float, bool)):
         return value
     raise TypeError(f"cannot store a {type(value).__name__}")
@@ -139,7 +138,9 @@ def _put(path: Path, inv: Inventory) -> None:
     for private in (folder.parent, folder):  # hosts, users and env values: not world-readable
         private.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(private, 0o700)
-    text = json.dumps(_encode(inv), separators=(",", ":"), allow_nan=False)
+    from pydantic import BaseModel  # imported already: inv was just validated
+
+    text = json.dumps(_encode(inv, BaseModel), separators=(",", ":"), allow_nan=False)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:

@@ -25,8 +25,10 @@ asked: list[str] = []  # names asyncssh looked up while importing (for the guard
 def _library_dirs() -> list[str]:
     """Where the dynamic loader (and a gcc/ld search) would look for a shared library."""
     multiarch = sysconfig.get_config_var("MULTIARCH") or ""
-    dirs = [d for var in ("LD_LIBRARY_PATH", "LIBRARY_PATH")
-            for d in os.environ.get(var, "").split(":") if d]
+    dirs = []
+    for var in ("LD_LIBRARY_PATH", "LIBRARY_PATH"):
+        if var in os.environ:  # an empty entry is the current folder
+            dirs += [d or "." for d in os.environ[var].split(":")]
     for root in ("/lib", "/usr/lib", "/usr/local/lib"):
         dirs += [root, root + "64"] + ([f"{root}/{multiarch}"] if multiarch else [])
     return dirs

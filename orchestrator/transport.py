@@ -137,6 +137,20 @@ def _connect_algs() -> dict:
 
 
 _NO_CONFIG: dict = {}  # what `_config` answers without a ~/.ssh/config: every option unset
+_CONFIG_WE_READ = {"port", "user", "proxyjump"}
+_KEYWORD = re.compile(r"^[ \t]*([A-Za-z]+)", re.M)
+
+
+def _config_keywords(paths: Sequence[str]) -> set[str]:
+    """The keywords (lower case) that start a line of these ssh config files. An Include or
+    an unreadable file could mean anything: then every keyword we read."""
+    found: set[str] = set()
+    for path in paths:
+        try:
+            found.update(k.lower() for k in _KEYWORD.findall(Path(path).read_text(errors="replace")))
+        except OSError:
+            return set(_CONFIG_WE_READ)
+    return set(_CONFIG_WE_READ) if "include" in found else found
 
 
 # ---------------------------------------------------------------- host keys
@@ -469,6 +483,7 @@ class Cluster:
         self._logs: dict[str, _NodeLog] = {}
         self._identities: dict[str, list] = {}
         self._configs: dict[str, SSHClientConfig] = {}
+        self._config_sets: set[str] | None = None  # of _CONFIG_WE_READ, what the file may set
         self._local_user: str | None = None
         raise_nofile(2 * len(self.nodes) + 64)
 
@@ -625,9 +640,12 @@ class Cluster:
         return await asyncio.shield(self._conns[name])
 
     def _config(self, host: str) -> SSHClientConfig | dict:
-        """~/.ssh/config for `host`, parsed once per host per run; nothing at all to parse (and
-        no per-node work) without a config file."""
-        if not self._config_paths:
+        """~/.ssh/config for `host` (what it says of Port, User and ProxyJump: asyncssh applies
+        the rest itself), parsed once per host per run, and not at all when the file cannot set
+        any of the three: then no node costs a parse that raw asyncssh does not make."""
+        if self._config_sets is None:
+            self._config_sets = _config_keywords(self._config_paths) & _CONFIG_WE_READ
+        if not self._config_sets:
             return _NO_CONFIG
         cfg = self._configs.get(host)
         if cfg is None:

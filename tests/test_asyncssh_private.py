@@ -101,3 +101,28 @@ def test_sshimport_leaves_ctypes_as_it_was():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(REPO)}, check=True)
     assert r.stdout.strip() == "True"
+
+
+def test_a_library_anywhere_a_loader_looks_goes_to_ctypes_own_search(tmp_path, monkeypatch):
+    from orchestrator import sshimport
+
+    (tmp_path / "liboqs.so.5").write_bytes(b"")
+    monkeypatch.setenv("LD_LIBRARY_PATH", f"/nonexistent::{tmp_path}")
+    assert sshimport._Places().might_have("oqs")
+    assert not sshimport._Places().might_have("no-such-library-anywhere")
+    cache = tmp_path / "ld.so.cache"
+    cache.write_bytes(b"\0libnettle.so.8\0/lib/libnettle.so.8\0")
+    monkeypatch.setattr(sshimport, "LD_CACHE", str(cache))
+    monkeypatch.delenv("LD_LIBRARY_PATH")
+    assert sshimport._Places().might_have("nettle")
+    monkeypatch.setattr(sshimport, "LD_CACHE", str(tmp_path / "missing"))
+    assert sshimport._Places().might_have("no-such-library-anywhere")  # no cache: cannot tell
+
+
+def test_asyncssh_imports_with_any_library_path(tmp_path):
+    for value in ("", ":", f"{tmp_path}:"):
+        r = subprocess.run([sys.executable, "-c", "from orchestrator import sshimport"],
+                           capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "PYTHONPATH": str(REPO), "LD_LIBRARY_PATH": value,
+                                "LIBRARY_PATH": value})
+        assert r.returncode == 0, r.stderr

@@ -218,3 +218,57 @@ def test_old_entries_are_pruned(tmp_path, monkeypatch):
         inv.write_text(text + f"\n# copy {i}\n")
         inventory_cache.load_inventory(inv)
     assert len(list(inventory_cache.cache_dir().glob("*.json"))) == 3
+
+
+# ---------------------------------------------------------------- no per-node config parse
+
+
+def _cluster_with_home_config(tmp_path, monkeypatch, config: str | None):
+    from orchestrator import transport
+    from orchestrator.inventory import parse_inventory
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        (home / ".ssh" / "config").write_text(config)
+    monkeypatch.setenv("HOME", str(home))
+    parsed = []
+    real = transport.SSHClientConfig.load
+
+    def counting(cls, last, paths, reload, canonical, final, local_user, user, host, port):
+        parsed.append(host)
+        return real(last, paths, reload, canonical, final, local_user, user, host, port)
+
+    monkeypatch.setattr(transport.SSHClientConfig, "load", classmethod(counting))
+    nodes = {f"n{i}": {"host": f"npu-{i // 2}", "port": 2200 + i, "nic": "eth0"} for i in range(6)}
+    inv = parse_inventory(json.dumps({
+        "name": "cfg", "soc": "a2", "nodes": nodes, "container": {"image": "img"},
+        "model": {"path": "/m"}, "groups": [{"name": "s", "role": "serve", "nodes": list(nodes)}],
+        "ssh": {"known_hosts": str(tmp_path / "known_hosts")}}))
+    cluster = transport.Cluster(inv)
+    found = {n: cluster._config(inv.nodes[n].host) for n in inv.nodes}
+    return found, parsed
+
+
+@pytest.mark.parametrize("config", [None, "HashKnownHosts no\nHost *\n  ServerAliveInterval 30\n"])
+def test_a_config_that_cannot_set_port_user_or_jump_is_parsed_for_no_node(config, tmp_path,
+                                                                          monkeypatch):
+    found, parsed = _cluster_with_home_config(tmp_path, monkeypatch, config)
+    assert parsed == [] and all(cfg.get("Port") is None for cfg in found.values())
+
+
+@pytest.mark.parametrize("config", ["Host npu-1\n  Port 2022\n  User ops\n",
+                                    "Host npu-*\n  ProxyJump=bastion\n",
+                                    "Include more.conf\n"])
+def test_a_config_that_can_is_parsed_once_per_distinct_host(config, tmp_path, monkeypatch):
+    (tmp_path / "home" / ".ssh").mkdir(parents=True)
+    (tmp_path / "home" / ".ssh" / "more.conf").write_text("Host npu-2\n  User from-include\n")
+    found, parsed = _cluster_with_home_config(tmp_path, monkeypatch, config)
+    assert sorted(parsed) == ["npu-0", "npu-1", "npu-2"]  # six nodes, three hosts
+    if "Port 2022" in config:
+        assert found["n2"].get("Port") == 2022 and found["n3"].get("User") == "ops"
+        assert found["n0"].get("Port") is None
+    if "ProxyJump" in config:
+        assert all(cfg.get("ProxyJump") == "bastion" for cfg in found.values())
+    if "Include" in config:
+        assert found["n4"].get("User") == "from-include" and found["n0"].get("User") is None

@@ -43,19 +43,20 @@ class _Places:
                 self.cache: bytes | None = f.read()
         except OSError:
             self.cache = None
-        self.entries: list[str] = []
+        entries: list[str] = []
         for d in dict.fromkeys(_library_dirs()):
             try:
-                self.entries += os.listdir(d)
+                entries += os.listdir(d)
             except OSError:
                 continue
+        self.entries = "\n" + "\n".join(entries)  # one substring search per name
 
     def might_have(self, name: str) -> bool:
         """False only when `lib<name>.so*` is in none of the places a loader would find it."""
         stem = f"lib{name}.so"
         if self.cache is None or stem.encode() in self.cache:
             return True  # no cache to consult, or it lists the library: let ctypes search
-        return any(entry.startswith(stem) for entry in self.entries)
+        return "\n" + stem in self.entries
 
 
 def _finder(real: Callable[[str], str | None]) -> Callable[[str], str | None]:

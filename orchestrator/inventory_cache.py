@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any
 from .runlog import state_dir
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from .inventory import Inventory
 
 FORMAT = b"deploy inventory cache 1\n"
@@ -85,7 +87,7 @@ def _read_regular(path: str | Path) -> bytes | None:
         os.close(fd)
 
 
-def _encode(value: Any, model: type) -> Any:
+def _encode(value: Any, model: type[BaseModel]) -> Any:
     """A validated model as tagged JSON: {"m": fields} for a model, {"d": …} for a mapping,
     {"l": […]} for a list, plain JSON scalars as they are (so nothing is ambiguous)."""
     if isinstance(value, model):

@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
@@ -134,6 +134,12 @@ def _connect_algs() -> dict:
             "encryption_algs": _supported(CIPHERS, get_encryption_algs()),
             "mac_algs": _supported(MACS, get_mac_algs()),
             "compression_algs": ["none"]}
+
+
+class _Settings(Protocol):
+    """What `_config` answers: an asyncssh SSHClientConfig, or _NO_CONFIG (both have get)."""
+
+    def get(self, option: str, default: Any = None) -> Any: ...
 
 
 _NO_CONFIG: dict = {}  # what `_config` answers without a ~/.ssh/config: every option unset
@@ -482,7 +488,7 @@ class Cluster:
         self._jumps: dict[str, asyncio.Task] = {}
         self._logs: dict[str, _NodeLog] = {}
         self._identities: dict[str, list] = {}
-        self._configs: dict[str, SSHClientConfig] = {}
+        self._configs: dict[str, _Settings] = {}
         self._config_sets: set[str] | None = None  # of _CONFIG_WE_READ, what the file may set
         self._local_user: str | None = None
         raise_nofile(2 * len(self.nodes) + 64)
@@ -639,7 +645,7 @@ class Cluster:
             self._conns[name] = asyncio.ensure_future(self._open(name))
         return await asyncio.shield(self._conns[name])
 
-    def _config(self, host: str) -> SSHClientConfig | dict:
+    def _config(self, host: str) -> _Settings:
         """~/.ssh/config for `host` (what it says of Port, User and ProxyJump: asyncssh applies
         the rest itself), parsed once per host per run, and not at all when the file cannot set
         any of the three: then no node costs a parse that raw asyncssh does not make."""

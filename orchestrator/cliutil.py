@@ -77,8 +77,9 @@ def fail_inventory(err: InventoryError) -> NoReturn:
 
 
 def load_inventory_or_exit(path: str):
-    """Load and schema-validate only (commands that need no plan, e.g. exec); exit 2 on error."""
-    from .inventory import load_inventory
+    """Load and schema-validate only (commands that need no plan, e.g. exec); exit 2 on error.
+    A repeat of a valid inventory comes from orchestrator/inventory_cache.py (no pydantic)."""
+    from .inventory_cache import load_inventory
 
     try:
         return load_inventory(path)

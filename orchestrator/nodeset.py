@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from typing import TYPE_CHECKING
 
-from .inventory import Inventory
+if TYPE_CHECKING:  # only a type here: exec must not import pydantic to select nodes
+    from .inventory import Inventory
 
 _NUMBERED = re.compile(r"^(.*?)(\d+)(\D*)$")
 _RANGED = re.compile(r"^([^\[\]*?]*)\[(\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)\]([^\[\]*?]*)$")

@@ -38,18 +38,16 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
-import asyncssh
-from asyncssh.config import SSHClientConfig
-from asyncssh.encryption import get_encryption_algs
-from asyncssh.kex import get_kex_algs
-from asyncssh.mac import get_mac_algs
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
-from .inventory import Inventory, parse_jump
 from .redact import scrub_bytes
 from .runlog import inside
+from .sshimport import SSHClientConfig, asyncssh, get_encryption_algs, get_kex_algs, get_mac_algs
+
+if TYPE_CHECKING:  # a type only: `deploy exec` on a cached inventory never imports pydantic
+    from .inventory import Inventory
 
 Status = Literal["ok", "failed", "unreachable"]
 T = TypeVar("T")
@@ -137,6 +135,29 @@ def _connect_algs() -> dict:
             "encryption_algs": _supported(CIPHERS, get_encryption_algs()),
             "mac_algs": _supported(MACS, get_mac_algs()),
             "compression_algs": ["none"]}
+
+
+class _Settings(Protocol):
+    """What `_config` answers: an asyncssh SSHClientConfig, or _NO_CONFIG (both have get)."""
+
+    def get(self, option: str, default: Any = None) -> Any: ...
+
+
+_NO_CONFIG: dict = {}  # what `_config` answers without a ~/.ssh/config: every option unset
+_CONFIG_WE_READ = {"port", "user", "proxyjump"}
+_KEYWORD = re.compile(r"^[ \t]*([A-Za-z]+)", re.M)
+
+
+def _config_keywords(paths: Sequence[str]) -> set[str]:
+    """The keywords (lower case) that start a line of these ssh config files. An Include or
+    an unreadable file could mean anything: then every keyword we read."""
+    found: set[str] = set()
+    for path in paths:
+        try:
+            found.update(k.lower() for k in _KEYWORD.findall(Path(path).read_text(errors="replace")))
+        except OSError:
+            return set(_CONFIG_WE_READ)
+    return set(_CONFIG_WE_READ) if "include" in found else found
 
 
 # ---------------------------------------------------------------- host keys
@@ -418,13 +439,13 @@ echo "left:" $(scan "$@")
 """
 
 
-def _cfg_str(cfg: SSHClientConfig, key: str) -> str | None:
+def _cfg_str(cfg: _Settings, key: str) -> str | None:
     """A string option of the user's ssh config for one host (None when unset)."""
     value = cfg.get(key)
     return value if isinstance(value, str) and value else None
 
 
-def _cfg_int(cfg: SSHClientConfig, key: str) -> int | None:
+def _cfg_int(cfg: _Settings, key: str) -> int | None:
     """An integer option (Port) of the user's ssh config for one host (None when unset)."""
     value = cfg.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
@@ -480,7 +501,8 @@ class Cluster:
         self._jumps: dict[str, asyncio.Task] = {}
         self._logs: dict[str, _NodeLog] = {}
         self._identities: dict[str, Sequence[asyncssh.SSHKeyPair]] = {}
-        self._configs: dict[str, SSHClientConfig] = {}
+        self._configs: dict[str, _Settings] = {}
+        self._config_sets: set[str] | None = None  # of _CONFIG_WE_READ, what the file may set
         self._local_user: str | None = None
         raise_nofile(2 * len(self.nodes) + 64)
 
@@ -636,8 +658,14 @@ class Cluster:
             self._conns[name] = asyncio.ensure_future(self._open(name))
         return await asyncio.shield(self._conns[name])
 
-    def _config(self, host: str) -> SSHClientConfig:
-        """~/.ssh/config for `host`, parsed once per host per run (cheap with no config file)."""
+    def _config(self, host: str) -> _Settings:
+        """~/.ssh/config for `host` (what it says of Port, User and ProxyJump: asyncssh applies
+        the rest itself), parsed once per host per run, and not at all when the file cannot set
+        any of the three: then no node costs a parse that raw asyncssh does not make."""
+        if self._config_sets is None:
+            self._config_sets = _config_keywords(self._config_paths) & _CONFIG_WE_READ
+        if not self._config_sets:
+            return _NO_CONFIG
         cfg = self._configs.get(host)
         if cfg is None:
             if self._local_user is None:
@@ -679,6 +707,8 @@ class Cluster:
         """
         async def open_chain() -> asyncssh.SSHClientConnection | str:
             conn: asyncssh.SSHClientConnection | None = None
+            from .inventory import parse_jump
+
             try:
                 hops = parse_jump(spec)  # ssh.jump is checked at load; ProxyJump is not
             except ValueError as e:
@@ -726,7 +756,7 @@ class Cluster:
                             return await asyncssh.connect(
                                 host, port, tunnel=tunnel, username=user, client_keys=keys,
                                 config=self._config_paths, known_hosts=self._keys.trusted,
-                                client_factory=lambda client=client: client,
+                                client_factory=lambda c=client: c,
                                 connect_timeout=self.inv.ssh.connect_timeout,
                                 keepalive_interval=KEEPALIVE, **self._algs)
                         except asyncssh.HostKeyNotVerifiable:

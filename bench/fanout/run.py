@@ -68,6 +68,7 @@ DISTS = {"asyncssh": ["asyncssh", "cryptography"],
          "pyinfra": ["pyinfra", "paramiko", "gevent"],
          "ansible": ["ansible-core"]}
 BASELINE, BASELINE_DEPLOY_ALGS, DEPLOY = "asyncssh", "asyncssh-deploy-algs", "deploy"
+DEPLOY_COLD = "deploy-cold"
 DEFAULT_REPS = {10: 5, 50: 5, 100: 3, 200: 3}
 TIMEOUT = 900.0  # s per run
 
@@ -118,6 +119,10 @@ TOOLS = [
     Tool(DEPLOY, "deploy exec", None,
          lambda ctx, rd: deploy_exec.argv(ctx.cfg, sys.executable), deploy_exec.check,
          env=lambda ctx, rd: {"DEPLOY_STATE_DIR": str(ctx.work / "deploy-state")}),
+    # the first exec on a new or changed inventory: nothing remembered, full validation
+    Tool(DEPLOY_COLD, "deploy exec, first run (inventory not cached)", None,
+         lambda ctx, rd: deploy_exec.argv(ctx.cfg, sys.executable), deploy_exec.check,
+         env=lambda ctx, rd: {"DEPLOY_STATE_DIR": str(rd / "deploy-state")}),
     Tool(BASELINE, "raw asyncssh (default algs)", "asyncssh",
          lambda ctx, rd: [vpy("asyncssh"), str(TOOLS_DIR / "asyncssh_raw.py"),
                           str(ctx.hosts_json), "--algs", "default"], asyncssh_raw.check),
@@ -324,8 +329,13 @@ FOREIGN_ALLOW = 0.10   # s of unattributed CPU always allowed (kernel threads: l
 RETRIES = 4            # repeats of a contaminated run before it is kept as it is
 
 
+SHARED = False  # --shared: start every run at once and keep it (see main)
+
+
 def wait_quiet() -> float:
     """Wait until nothing else is using the CPUs (other people's tests share this machine)."""
+    if SHARED:
+        return 0.0
     start = time.monotonic()
     quiet_since = None
     prev = cpu_times()[0]
@@ -354,7 +364,7 @@ def run_once(ctx: Ctx, tool: Tool, rd: Path, counter: AcceptCounter) -> dict:
     for attempt in range(RETRIES + 1):
         rec = _run_once(ctx, tool, rd / f"a{attempt}" if attempt else rd, counter)
         rec["attempt"] = attempt
-        if not rec["contaminated"]:
+        if not rec["contaminated"] or SHARED:
             break
         attempts.append({k: rec[k] for k in ("wall", "cpu", "foreign_cores", "attempt")})
         log(f"      {tool.key}: {rec['foreign_cores']:.2f} cores of other work during the run "
@@ -511,23 +521,42 @@ def table(rows: list[dict], labels: dict[str, str]) -> str:
     return "\n".join(out)
 
 
+TARGETS = {10: (1.30, 1.30), 100: (1.10, 1.30), 200: (1.10, 1.30)}  # hosts: (wall, CPU/host) × raw
+
+
 def targets(rows: list[dict]) -> list[str]:
+    """Issue 13's targets for `deploy exec` against raw asyncssh (both algorithm sets)."""
     lines = []
     for r in rows:
-        if r["tool"] != DEPLOY or r["hosts"] < 100:
+        if r["tool"] not in (DEPLOY, DEPLOY_COLD) or r["hosts"] not in TARGETS:
             continue
+        max_wall, max_cpu = TARGETS[r["hosts"]]
         w, wd = r["x_asyncssh"], r["x_asyncssh_deploy_algs"]
         c, cd = r["cpu_x_asyncssh"], r["cpu_x_asyncssh_deploy_algs"]
-        ok_w = w is not None and wd is not None and max(w, wd) <= 1.10
-        ok_c = c is not None and cd is not None and max(c, cd) <= 1.5
+        ok_w = w is not None and wd is not None and max(w, wd) <= max_wall
+        ok_c = c is not None and cd is not None and max(c, cd) <= max_cpu
+        what = "deploy exec" if r["tool"] == DEPLOY else "deploy exec, first run"
         lines.append(
-            f"- {r['hosts']} hosts: wall {fmt(w, '.2f')}× / {fmt(wd, '.2f')}× raw asyncssh "
-            f"(default / deploy algs; target ≤ 1.10×: {'met' if ok_w else 'MISSED'}); "
-            f"connections/host {r['conns_per_host']} "
-            f"(exactly 1 on every node every run: {'met' if r['conns_every_node_exactly_1'] else 'MISSED'}); "
-            f"client CPU/host {fmt(c, '.2f')}× / {fmt(cd, '.2f')}× raw asyncssh "
-            f"(target ≤ 1.5×: {'met' if ok_c else 'MISSED'})")
+            f"- {r['hosts']} hosts, {what}: wall {fmt(w, '.2f')}× / {fmt(wd, '.2f')}× raw asyncssh "
+            f"(default / deploy algs; target ≤ {max_wall:.2f}×: {'met' if ok_w else 'MISSED'}); "
+            f"client CPU/host {fmt(c, '.2f')}× / {fmt(cd, '.2f')}× "
+            f"(target ≤ {max_cpu:.2f}×: {'met' if ok_c else 'MISSED'}); "
+            f"connections/host {r['conns_per_host']} (exactly 1 on every node every run: "
+            f"{'met' if r['conns_every_node_exactly_1'] else 'MISSED'})")
     return lines
+
+
+def load_seen(runs: list[dict]) -> list[str]:
+    """What else ran on the machine meanwhile, per host count (medians over the timed runs)."""
+    out = []
+    for n in sorted({r["hosts"] for r in runs}):
+        rs = [r for r in runs if r["hosts"] == n and r.get("timed")]
+        if rs:
+            out.append(f"- {n} hosts: load average before a run {median([r['loadavg_before'] for r in rs]):.1f} "
+                       f"(max {max(r['loadavg_before'] for r in rs):.1f}); other people's work during a "
+                       f"run {median([r['foreign_cores'] for r in rs]):.2f} cores median "
+                       f"(max {max(r['foreign_cores'] for r in rs):.2f}) of 2")
+    return out
 
 
 # ---------------------------------------------------------------- main
@@ -547,7 +576,13 @@ def main() -> int:
                     "e.g. ansible-command@200=2 (the tool sits out the later rounds)")
     ap.add_argument("--out", default=str(HERE / "results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the /tmp work dirs")
+    ap.add_argument("--shared", action="store_true",
+                    help="a machine others are using: do not wait for it to be idle or repeat "
+                         "runs others disturbed; every tool is disturbed alike in the interleaved "
+                         "rounds, and each run records the load it saw")
     a = ap.parse_args()
+    global SHARED
+    SHARED = a.shared
 
     sizes = [int(s) for s in a.sizes.split(",")]
     reps = {**DEFAULT_REPS, **parse_map(a.reps)}
@@ -631,12 +666,16 @@ def main() -> int:
         rows = summarize(doc["runs"], [n for n in sizes if n in doc["sims"]], [t.key for t in tools])
         doc["summary"] = rows
         doc["targets"] = targets(rows)
+        doc["load_seen"] = load_seen(doc["runs"])
+        doc["shared"] = a.shared
         doc["cpu_fit"] = fits(rows, [t.key for t in tools])
         Path(a.out).write_text(json.dumps(doc, indent=1) + "\n")
         labels = {t.key: t.label for t in tools}
         print(table(rows, labels))
         print()
         print("\n".join(doc["targets"]))
+        print()
+        print("\n".join(doc["load_seen"]))
         print()
         print("| tool | client CPU fixed ms | client CPU per host ms |\n| --- | ---: | ---: |")
         for f in doc["cpu_fit"]:

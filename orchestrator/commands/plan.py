@@ -10,8 +10,6 @@ import click
 
 from ..cliutil import JsonCommand, load_plan_or_exit
 from ..redact import redact_plan_json, secret_warnings
-from ..render import plan_table
-from ..scripts import node_script
 
 
 @click.command("plan", cls=JsonCommand)
@@ -28,6 +26,8 @@ def command(inventory: str, as_json: bool, script_node: str | None) -> None:
         if script_node not in plan.inventory.nodes:
             raise click.BadParameter(f"'{script_node}' is not a node of the inventory "
                                      f"(nodes: {', '.join(plan.inventory.nodes)})", param_hint="--script")
+        from ..scripts import node_script
+
         text = node_script(plan, script_node)
         if not text:
             raise click.ClickException(f"node '{script_node}' runs nothing in this plan")
@@ -36,4 +36,6 @@ def command(inventory: str, as_json: bool, script_node: str | None) -> None:
     if as_json:
         click.echo(json.dumps(redact_plan_json(plan.to_json()), indent=2))
         return
+    from ..render import plan_table  # rich: only for the table
+
     plan_table(plan)

@@ -1,0 +1,182 @@
+"""A validated inventory, remembered, so a repeat `deploy exec` needs no pydantic.
+
+Validating an inventory costs ~120 ms of client CPU per CLI run, nearly all of it importing
+pydantic and building the models: more than `deploy exec` spends on 30 SSH connections, and
+operators run exec on the same inventory many times a day. What validation returns depends
+only on the file's bytes and on the code that validates, so after a successful validation the
+validated fields are stored as JSON under the state folder, keyed by a hash of both; the next
+run over the same bytes with the same code reads them back instead of validating again.
+
+Invalid inventories are never stored: their problems always come from the full validation,
+word for word. A stored entry is our own output, read as data (JSON, size-bounded, its shape
+checked); anything unexpected (unreadable, changed, malformed, no state folder) means: validate.
+A hit returns `Fields` objects with the models' fields only (no properties, no `source`): what
+exec and the transport read. Commands that plan use the full `Inventory` as before.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import stat
+import tempfile
+import types
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .runlog import state_dir
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from .inventory import Inventory
+
+FORMAT = b"deploy inventory cache 1\n"
+READ_LIMIT = 2 * 1024 * 1024 + 1   # larger files are the full validation's to refuse
+ENTRY_LIMIT = 16 * 1024 * 1024     # a stored entry larger than this is not ours: validate
+KEEP = 64                          # entries kept (newest by use); older ones are removed
+# The code whose behaviour decides what validation returns: ours, pydantic's, PyYAML's.
+OWN_SOURCES = ("inventory.py", "yamlmarks.py", "errors.py")
+LIBRARY_FILES = (("pydantic", "version.py"), ("yaml", "__init__.py"))
+
+
+class Fields(types.SimpleNamespace):
+    """A validated model's fields as read back from the cache (plain values, no pydantic)."""
+
+
+def cache_dir() -> Path:
+    # a dot name cannot be an inventory's (inventory names are [a-z0-9-]+): no collision
+    return state_dir() / ".cache" / "inventories"
+
+
+def _code_fingerprint() -> bytes:
+    h = hashlib.sha256(FORMAT)
+    here = Path(__file__).resolve().parent
+    for name in OWN_SOURCES:
+        h.update((here / name).read_bytes())
+    for package, filename in LIBRARY_FILES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.origin:
+            raise OSError(f"{package} is not importable")
+        h.update((Path(spec.origin).parent / filename).read_bytes())
+    return h.digest()
+
+
+def _read_regular(path: str | Path) -> bytes | None:
+    """The file's bytes if it is a regular file of sane size, else None (validation decides)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size >= READ_LIMIT:
+            return None
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size >= READ_LIMIT:
+                return None
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _encode(value: Any, model: type[BaseModel]) -> Any:
+    """A validated model as tagged JSON: {"m": fields} for a model, {"d": …} for a mapping,
+    {"l": […]} for a list, plain JSON scalars as they are (so nothing is ambiguous)."""
+    if isinstance(value, model):
+        return {"m": {name: _encode(getattr(value, name), model)
+                      for name in type(value).model_fields}}
+    if isinstance(value, dict):
+        return {"d": {str(k): _encode(v, model) for k, v in value.items()}}
+    if isinstance(value, (list, tuple)):
+        return {"l": [_encode(v, model) for v in value]}
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    raise TypeError(f"cannot store a {type(value).__name__}")
+
+
+def _decode(value: Any, depth: int = 0) -> Any:
+    if depth > 64:
+        raise ValueError("nested too deeply")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, dict) and len(value) == 1:
+        (tag, inner), = value.items()
+        if tag == "m" and isinstance(inner, dict):
+            return Fields(**{str(k): _decode(v, depth + 1) for k, v in inner.items()})
+        if tag == "d" and isinstance(inner, dict):
+            return {k: _decode(v, depth + 1) for k, v in inner.items()}
+        if tag == "l" and isinstance(inner, list):
+            return [_decode(v, depth + 1) for v in inner]
+    raise ValueError("not a stored inventory")
+
+
+def _get(path: Path) -> Fields | None:
+    data = _read_regular(path)
+    if data is None or len(data) > ENTRY_LIMIT:
+        return None
+    try:
+        inv = _decode(json.loads(data))
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if not isinstance(inv, Fields) or not all(
+            hasattr(inv, f) for f in ("name", "ssh", "nodes", "groups")):
+        return None
+    inv.source = None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # most recently used: pruned last
+    return inv
+
+
+def _put(path: Path, inv: Inventory) -> None:
+    folder = path.parent
+    for private in (folder.parent, folder):  # hosts, users and env values: not world-readable
+        private.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(private, 0o700)
+    from pydantic import BaseModel  # imported already: inv was just validated
+
+    text = json.dumps(_encode(inv, BaseModel), separators=(",", ":"), allow_nan=False)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    entries = sorted(folder.glob("*.json"), key=lambda p: p.stat().st_mtime_ns)
+    for old in entries[:max(0, len(entries) - KEEP)]:
+        with contextlib.suppress(OSError):
+            old.unlink()
+
+
+def load_inventory(path: str | Path) -> Inventory:
+    """`inventory.load_inventory(path)`, answered from the cache when these exact bytes were
+    validated before by this exact code. Raises InventoryError exactly as the full load does."""
+    data = _read_regular(path)
+    entry = None
+    if data is not None:
+        try:
+            key = hashlib.sha256(_code_fingerprint() + data).hexdigest()
+            entry = cache_dir() / f"{key}.json"
+        except OSError:
+            entry = None
+    if entry is not None:
+        hit = _get(entry)
+        if hit is not None:
+            return hit  # type: ignore[return-value]  # the fields exec and the transport read
+    from .inventory import load_inventory as validate
+
+    inv = validate(path)
+    if entry is not None and _read_regular(path) == data:  # validated exactly these bytes
+        with contextlib.suppress(OSError, TypeError, ValueError):
+            _put(entry, inv)
+    return inv

@@ -156,12 +156,13 @@ def lanes(items: list[tuple[Pair, str, str]], parallel: int | None) -> list[list
 
 
 def ping_script(items: list[tuple[Pair, str, str]], parallel: int | None) -> str:
-    """The node-side ping script: every lane a background `lane` of quoted words, then `wait`."""
+    """The node-side ping script: every lane a background `lane` of quoted words, `wait`, then
+    the lanes' output (playbooks/network_ping.sh)."""
     calls = []
-    for lane in lanes(items, parallel):
+    for k, lane in enumerate(lanes(items, parallel)):
         words = " ".join(f"{i} {items[i][0].src_device} {items[i][1]} {items[i][2]}" for i in lane)
-        calls.append(f"lane {shlex.quote(words)} &\n")
-    return node_script("network_ping.sh") + "".join(calls) + "wait\n"
+        calls.append(f"lane {k} {shlex.quote(words)} &\n")
+    return node_script("network_ping.sh") + "".join(calls) + "wait\nfinish\n"
 
 
 async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], pairs: list[Pair],

@@ -1,26 +1,26 @@
-# deploy check-network, node side: the planned pings from this node, streamed back as they end.
-# Set before this text (after hccn_retry.sh): RETRIES; then one `lane '<tag> <src device>
-# <ping|hccs_ping> <address> ...' &` line per lane, and `wait`.
+# deploy check-network, node side: the planned pings from this node, in lanes that run at once.
+# Set before this text (after hccn_retry.sh): RETRIES; then one `lane N '<tag> <src device>
+# <ping|hccs_ping> <address> ...' &` line per lane, `wait` and `finish`.
 # A lane runs its pings one after another: the client puts each device's pings in one lane, so a
 # device has one ping in flight (hccn_tool answers "The device is occupied" to a second one).
-# Output per ping, written with one printf as soon as it ends (a few hundred bytes: one write,
-# so lanes never interleave inside a record): "@@ping <src device> <address> <tag>", "@@busy"
-# per busy answer retried (rc 11, with h's backoff), the tool's output, "@@rc <code>".
-# Per ping: one fork + exec of hccn_tool (the command substitution); no temp file, no wait.
+# Per ping: one fork + exec of hccn_tool, its output appended to the lane's file (fd 3, opened
+# once per lane: no temp file, subshell or `wait` per ping); a busy answer (rc 11) is retried in
+# place with h's backoff. Output per ping: "@@ping <src device> <address> <tag>", the output,
+# "@@rc <code>" ("@@busy" before each retry). The lanes' files are printed once all have ended:
+# lanes writing to one stdout would interleave inside a record.
 set -f
+T=$(mktemp -d) || exit 1
+trap 'rm -rf "$T"' EXIT
 lane() {
-  set -- $1
+  exec 3>"$T/$1"
+  set -- $2
   while [ $# -ge 4 ]; do
-    _b=
-    _t=0
-    while :; do
-      _o=$(hccn_tool -i "$2" -"$3" -g address "$4" 2>&1); _rc=$?
-      { [ "$_rc" -eq 11 ] && [ "$_t" -lt "$RETRIES" ]; } || break
-      _t=$((_t + 1)); _b="$_b@@busy
-"
-      case $_t in 1) sleep 0.1;; 2) sleep 0.3;; 3) sleep 0.7;; *) sleep 1.5;; esac
-    done
-    printf '@@ping %s %s %s\n%s%s\n@@rc %s\n' "$2" "$4" "$1" "$_b" "$_o" "$_rc"
+    echo "@@ping $2 $4 $1"
+    h -i "$2" -"$3" -g address "$4"
     shift 4
-  done
+  done >&3
+}
+finish() {
+  set +f
+  for f in "$T"/*; do [ -e "$f" ] && cat "$f"; done
 }

@@ -77,20 +77,22 @@ def set_latency(sim: Path, seconds: float) -> None:
             save_state(ndir, st)
 
 
-def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess]:
-    t0 = time.perf_counter()
+def timed(argv: list[str]) -> tuple[float, subprocess.CompletedProcess, float]:
+    """(wall, the process, its CPU seconds: the client's own, not the nodes')."""
+    c0, t0 = os.times(), time.perf_counter()
     p = subprocess.run(argv, capture_output=True, text=True)
-    return time.perf_counter() - t0, p
+    wall, c1 = time.perf_counter() - t0, os.times()
+    return wall, p, (c1.children_user + c1.children_system) - (c0.children_user + c0.children_system)
 
 
 def run_check(inv: str, sim: Path, no_ping: bool) -> dict:
     before = connections(sim)
-    wall, p = timed([sys.executable, "-m", "orchestrator", "check-network", inv, "--json",
+    wall, p, cpu = timed([sys.executable, "-m", "orchestrator", "check-network", inv, "--json",
                      *(["--no-ping"] if no_ping else [])])
     rep = json.loads(p.stdout)
     delta = connections(sim) - before
     per_dev = Counter((x["src"], x["src_device"]) for x in rep["pings"])
-    return {"what": "check-network --no-ping" if no_ping else "check-network", "wall": wall,
+    return {"what": "check-network --no-ping" if no_ping else "check-network", "wall": wall, "client_cpu": cpu,
             "exit": p.returncode, "pings": len(rep["pings"]), "failed": sum(not x["ok"] for x in rep["pings"]),
             "busy_retries": sum(x["busy_retries"] for x in rep["pings"]),
             "max_per_device": max(per_dev.values(), default=0), "checks": len(rep["checks"]),
@@ -98,13 +100,14 @@ def run_check(inv: str, sim: Path, no_ping: bool) -> dict:
 
 
 def run_baseline(inv: str, sim: Path, collect_only: bool, shell: str) -> dict:
-    wall, p = timed([sys.executable, str(REPO / "bench" / "check_network_baseline.py"), inv,
+    wall, p, cpu = timed([sys.executable, str(REPO / "bench" / "check_network_baseline.py"), inv,
                      "--sim-dir", str(sim), "--shell", shell, *(["--collect-only"] if collect_only else [])])
     if p.returncode:
         sys.exit(f"baseline failed: {p.stderr}")
     res = json.loads(p.stdout)
     name = "baseline loops only" if collect_only else "baseline"
-    return {"what": name + ("" if shell == "bash" else f" ({shell})"), "wall": wall, "inner_wall": res["wall"],
+    return {"what": name + ("" if shell == "bash" else f" ({shell})"), "wall": wall, "client_cpu": cpu,
+            "inner_wall": res["wall"],
             "pings": res["pings"], "bytes": res["bytes"]}
 
 

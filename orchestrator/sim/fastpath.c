@@ -9,8 +9,9 @@
  * same argv.  It decides before printing anything, so a fallback is always byte-identical, and the
  * locking, busy-counter and persistence logic stays in one place (the sh script).
  *
- * Why: check-network runs ~27,000 tool calls.  Under dash one costs ~0.85-0.95 ms (start-up and
- * script parsing); this binary ~0.45 ms, nearly all of it process creation and libc start-up.
+ * Why: check-network runs ~24,000 tool calls.  Under dash one costs ~0.85-0.95 ms (start-up and
+ * script parsing); this binary with glibc ~0.45 ms, nearly all of it process creation and libc
+ * start-up; built with -DFASTPATH_NOLIBC -nostdlib (nolibc.h, tools.py tries that first) ~0.15 ms.
  *
  * .fp format (written by state.py _fp_text): the line "fastpath 1", then records
  *   <key> <rc> <stdout bytes> <stderr bytes>\n<stdout>\n<stderr>\n
@@ -18,6 +19,9 @@
  * dev, ip, link, vlink, t0..t2, hns, wait_us) in dev<N>.fp, and npu-smi's keys (info, list, map,
  * board_N[_C], health_N[_C], spod_N[_C]) in all.fp.
  */
+#ifdef FASTPATH_NOLIBC /* built with -nostdlib: raw system calls (nolibc.h), no libc start-up */
+#include "nolibc.h"
+#else
 #define _DEFAULT_SOURCE /* flock */
 #include <dirent.h>
 #include <errno.h>
@@ -30,6 +34,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#endif
 
 #define MAGIC "fastpath 1\n"
 #define MAXREC 256

@@ -385,3 +385,33 @@ def test_one_ping_in_flight_per_device_with_ping_latency():
         assert json.loads((nodes / "d0" / "state.json").read_text())["ping_latency_s"] == 1.0
     finally:
         sim.down()
+
+
+def test_planned_pairs_once_each_and_spread_at_scale(tmp_path):
+    """The bench's 64-node A3 P/D plan: every pair the plan's groups use (same-index devices in
+    a group, prefill x decode) exactly once, in one direction, and no device sends more than the
+    pairs force (936 pairs per device index over 64 nodes: 15)."""
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from check_network import inventory  # bench/check_network.py
+
+    from orchestrator.checks.network import planned_pairs
+    from orchestrator.plan import load_and_plan
+
+    path = tmp_path / "inv.yaml"
+    path.write_text(yaml.safe_dump(inventory(64, 16, 8)))
+    plan = load_and_plan(str(path))
+    pairs = planned_pairs(plan, plan.nodes)
+    undirected = [frozenset({(p.src, p.src_device), (p.dst, p.dst_device)}) for p in pairs]
+    assert len(set(undirected)) == len(undirected) == 16 * (16 * 48 + 6 * 28)
+    prefill = [f"p{i}" for i in range(16)]
+    decode = [f"d{i}" for i in range(48)]
+    want = {frozenset({(p, i), (d, i)}) for p in prefill for d in decode for i in range(16)}
+    for g in range(6):
+        members = decode[g * 8:(g + 1) * 8]
+        want |= {frozenset({(a, i), (b, i)}) for a in members for b in members if a < b for i in range(16)}
+    assert set(undirected) == want
+    per_device = Counter((p.src, p.src_device) for p in pairs)
+    assert max(per_device.values()) == 15 and len(per_device) == 64 * 16
+    assert pairs == planned_pairs(plan, plan.nodes)  # deterministic

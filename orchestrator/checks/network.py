@@ -3,6 +3,7 @@ planned pairs, optionally align TLS. `deploy up` calls `check_network` as its fi
 """
 from __future__ import annotations
 
+import functools
 import shlex
 from collections import defaultdict
 from collections.abc import Callable
@@ -81,12 +82,14 @@ def planned_pairs(plan: Plan, nodes: list[str]) -> list[Pair]:
                 da, db = by_group.get((g.name, a), []), by_group.get((g.name, b), [])
                 for x, y in zip(da, db):
                     add(a, x, b, y)
-    prefill = [n for n in plan.nodes if n in selected and any(r.node == n and r.role == "prefill" for r in plan.ranks)]
-    decode = [n for n in plan.nodes if n in selected and any(r.node == n and r.role == "decode" for r in plan.ranks)]
+    roles = {(r.node, r.role) for r in plan.ranks}
+    prefill = [n for n in plan.nodes if n in selected and (n, "prefill") in roles]
+    decode = [n for n in plan.nodes if n in selected and (n, "decode") in roles]
+    used = {n: plan.devices_used(n) for n in set(prefill) | set(decode)}
     for p in prefill:
         for d in decode:
             if p != d:
-                for x, y in zip(plan.devices_used(p), plan.devices_used(d)):
+                for x, y in zip(used[p], used[d]):
                     add(p, x, d, y)
     pairs = orient(sorted(edges, key=lambda e: (order[e[0][0]], e[0][1], order[e[1][0]], e[1][1])))
     return sorted(pairs, key=lambda q: (order[q.src], q.src_device, order[q.dst], q.dst_device))
@@ -97,32 +100,35 @@ def orient(edges: list[tuple[tuple[str, int], tuple[str, int]]]) -> list[Pair]:
     it must: greedily the end with fewer pings so far (then the node with fewer, then the first),
     then flip any pair whose sender has 2+ more than its peer until none is left (bounded).
     Deterministic: the same plan always pings the same way."""
-    dev_load: dict[tuple[str, int], int] = defaultdict(int)
-    node_load: dict[str, int] = defaultdict(int)
-    src: list[int] = []  # 0: the first end sends, 1: the second
-    for a, b in edges:
-        pick = 0 if (dev_load[a], node_load[a[0]]) <= (dev_load[b], node_load[b[0]]) else 1
-        s = (a, b)[pick]
+    ids: dict[tuple[str, int], int] = {}
+    nodes: dict[str, int] = {}
+    ends = [(ids.setdefault(a, len(ids)), ids.setdefault(b, len(ids))) for a, b in edges]
+    node_of = [nodes.setdefault(n, len(nodes)) for n, _ in ids]
+    dev_load, node_load = [0] * len(ids), [0] * len(nodes)
+    sender: list[int] = []  # the id of the end that sends
+    for x, y in ends:
+        s = x if (dev_load[x], node_load[node_of[x]]) <= (dev_load[y], node_load[node_of[y]]) else y
         dev_load[s] += 1
-        node_load[s[0]] += 1
-        src.append(pick)
+        node_load[node_of[s]] += 1
+        sender.append(s)
     for _ in range(8):  # local improvement; each pass is O(pairs)
         changed = False
-        for i, (a, b) in enumerate(edges):
-            s, t = ((a, b), (b, a))[src[i]]
+        for i, (x, y) in enumerate(ends):
+            s = sender[i]
+            t = y if s == x else x
             if dev_load[s] >= dev_load[t] + 2:
                 dev_load[s] -= 1
                 dev_load[t] += 1
-                node_load[s[0]] -= 1
-                node_load[t[0]] += 1
-                src[i] ^= 1
+                node_load[node_of[s]] -= 1
+                node_load[node_of[t]] += 1
+                sender[i] = t
                 changed = True
         if not changed:
             break
     out = []
-    for (a, b), pick in zip(edges, src):
-        s, t = (a, b) if pick == 0 else (b, a)
-        out.append(Pair(s[0], s[1], t[0], t[1]))
+    for (a, b), (x, _y), s in zip(edges, ends, sender):
+        src, dst = (a, b) if s == x else (b, a)
+        out.append(Pair(src[0], src[1], dst[0], dst[1]))
     return out
 
 
@@ -214,6 +220,7 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
     return [p for p in results if p.src not in lost]
 
 
+@functools.lru_cache(maxsize=4096)  # every address is pinged from many nodes
 def _plain_ip(addr: str) -> bool:
     import ipaddress
 

@@ -28,7 +28,7 @@ def test_ip_and_vnic():
 
 
 def test_tls_formats():
-    new = "dev_id:0, tls switch[1](0:disable, 1:enable), tls preconfigured[1](0:non-preset, 1:preset), tls alarm time threshold[60]days"
+    new = "dev_id:0, tls switch[1](0:disable, 1:enable), tls preconfigured[1](0:non-preset, 1:preset), tls alarm time threshold[60]days"  # noqa: E501 (a captured line)
     old = "dev_id:0, tls switch[0](0:disable, 1:enable), tls alarm time threshold[60]days"
     assert P.tls_switch(new) == 1 and P.tls_switch(old) == 0
     assert P.tls_switch("No certificate found, please set certs firstly!") is None
@@ -88,9 +88,9 @@ def test_npu_smi_list_and_map():
                        "\tChip Count                     : 2\n") == (8, 2)
     a3 = ("\tNPU ID                         Chip ID                        Chip Logic ID                  "
           "Chip Phy-ID                    Chip Name\n"
-          "\t0                              0                              0                              0                              Ascend910\n"
-          "\t0                              2                              -                              -                              Mcu\n"
-          "\t1                              1                              3                              3                              Ascend910\n")
+          "\t0                              0                              0                              0                              Ascend910\n"  # noqa: E501 (a captured line)
+          "\t0                              2                              -                              -                              Mcu\n"  # noqa: E501 (a captured line)
+          "\t1                              1                              3                              3                              Ascend910\n")  # noqa: E501 (a captured line)
     rows = P.chip_map(a3)
     assert [(r.npu, r.chip, r.phy) for r in rows] == [(0, 0, 0), (1, 1, 3)]
     a2 = ("\tNPU ID                         Chip ID                        Chip Logic ID                  Chip Name\n"
@@ -106,3 +106,20 @@ def test_hccn_conf_and_sections_with_busy_retries():
     secs = parse_sections(out)
     assert secs["link 3"].text == "link status: UP" and secs["link 3"].busy == 1 and secs["link 3"].rc == 0
     assert secs["ip 3"].rc is None  # cut short: never finished
+
+
+def test_report_json_is_the_stdlib_indented_text():
+    """check-network --json prints with checks/jsonout.py: the same bytes as json.dumps(indent=2)."""
+    import json
+
+    from orchestrator.checks.jsonout import dumps
+
+    cases = [{}, [], {"a": [], "b": {}}, "s", 5, None, (1, 2), {"k": (3,)}, {1: "int key"},
+             {"x": [1, 2.5, -0.0, 1e300, True, None, 'é"\n\\\u2028', float("inf")], "y": {"z": [{"q": 1}], "w": [[], [[]]]}},
+             {"checks": [{"node": "p0", "check": "link", "status": "fail", "observed": "link status: DOWN",
+                          "reason": "", "fix": "hccn_tool -i 5 -link -g", "device": 5}] * 3,
+              "pings": [{"src": "p0", "src_device": 0, "dst": "d1", "dst_device": 0, "kind": "ping",
+                         "address": "10.0.0.13", "ok": False, "observed": "3 packets transmitted, 0 received",
+                         "busy_retries": 2}], "unreachable": {"d1": "connect: timed out"}, "interrupted": None}]
+    for obj in cases:
+        assert dumps(obj) == json.dumps(obj, indent=2), obj

@@ -269,19 +269,23 @@ async def collect(cluster: Cluster, plan: Plan, nodes: list[str]
     did not run or gave nothing (sudo refused, no channel, timed out) with their outcome."""
     soc = plan.inventory.soc
 
-    async def one(node: str) -> Outcome:
-        return await cluster.run_script(node, collect_script(soc, plan.devices_used(node)),
-                                        timeout=COLLECT_TIMEOUT, capture=PARSED_CAPTURE)
+    async def one(node: str) -> tuple[Outcome, NodeFacts | None]:
+        """A node's outcome, parsed as soon as it is in (while the others still run)."""
+        outcome = await cluster.run_script(node, collect_script(soc, plan.devices_used(node)),
+                                           timeout=COLLECT_TIMEOUT, capture=PARSED_CAPTURE)
+        if outcome.cause is Cause.UNREACHABLE or (not outcome.ok and not parse_sections(outcome.stdout)):
+            return outcome, None
+        return outcome, node_facts(node, outcome.stdout, plan.devices_used(node))
 
     facts, unreachable, broken = {}, {}, {}
     results = await cluster.each([n for n in nodes if n not in cluster.unreachable], one)
-    for node, outcome in results.items():
+    for node, (outcome, f) in results.items():
         if outcome.cause is Cause.UNREACHABLE:
             unreachable[node] = outcome.reason
-        elif not outcome.ok and not parse_sections(outcome.stdout):
+        elif f is None:
             broken[node] = outcome
         else:
-            facts[node] = node_facts(node, outcome.stdout, plan.devices_used(node))
+            facts[node] = f
     return facts, unreachable, broken
 
 

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 
 import click
 from rich.console import Console
 
+from ..checks import jsonout
 from ..checks.network import PING_PARALLEL_MAX, check_network
 from ..checks.report import print_report
 from ..cliutil import JsonCommand, fail, load_plan_or_exit, problem_json
@@ -72,7 +72,7 @@ def command(inventory: str, as_json: bool, fix_tls: str | None, no_ping: bool, s
         out["inventory"] = plan.name
         out["logs"] = str(logs) if logs else None
         out["warnings"] = [problem_json(w, plan.inventory.source) for w in plan.warnings]
-        click.echo(json.dumps(out, indent=2))
+        click.echo(jsonout.dumps(out))  # = json.dumps(out, indent=2), faster for 10^4 records
     else:
         n_pairs = len(report.pings) if not no_ping else 0
         title = (f"check-network {plan.name}: {len(nodes)} nodes ({plan.inventory.soc}), "

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
@@ -42,7 +43,8 @@ class Sim:
     `startup` / `time_factor` go to `deploy sim up` when given."""
 
     def __init__(self, source: str | Path, mode: str, *, prefix: str = "sim-", readiness_timeout: float | None = None,
-                 state: bool = True, startup: str | None = None, time_factor: str | None = None):
+                 state: bool = True, startup: str | None = None, time_factor: str | None = None,
+                 up_args: Sequence[str] = ()):
         self.dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
         self.dir.chmod(0o755)
         text = source.read_text() if isinstance(source, Path) else source
@@ -54,7 +56,7 @@ class Sim:
         src.write_text(text)
         self.env = {"DEPLOY_STATE_DIR": str(self.dir / "state")} if state else dict(SHARED_ENV)
         extra = (["--startup", startup] if startup is not None else []) + \
-                (["--time-factor", time_factor] if time_factor is not None else [])
+                (["--time-factor", time_factor] if time_factor is not None else []) + list(up_args)
         p = deploy("sim", "up", str(src), "--dir", str(self.sim), "--sshd", mode, *extra, env=self.env)
         if p.returncode != 0:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -83,7 +83,7 @@ def test_node_lost_during_pings_is_unreachable(a2, monkeypatch):
     lost = []
 
     async def run_script(self, node, script, **kw):
-        if "PAIRS=" in script and node == "d1" and not lost:  # d1 dies as its pings start
+        if "the planned pings from this node" in script and node == "d1" and not lost:  # d1 dies as its pings start
             lost.append(node)
             await asyncio.to_thread(a2.fault, "d1", "unreachable")
             for _ in range(100):  # until the drop has reached this connection

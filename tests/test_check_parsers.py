@@ -106,3 +106,20 @@ def test_hccn_conf_and_sections_with_busy_retries():
     secs = parse_sections(out)
     assert secs["link 3"].text == "link status: UP" and secs["link 3"].busy == 1 and secs["link 3"].rc == 0
     assert secs["ip 3"].rc is None  # cut short: never finished
+
+
+def test_report_json_is_the_stdlib_indented_text():
+    """check-network --json prints with checks/jsonout.py: the same bytes as json.dumps(indent=2)."""
+    import json
+
+    from orchestrator.checks.jsonout import dumps
+
+    cases = [{}, [], {"a": [], "b": {}}, "s", 5, None, (1, 2), {"k": (3,)}, {1: "int key"},
+             {"x": [1, 2.5, -0.0, 1e300, True, None, 'é"\n\\\u2028', float("inf")], "y": {"z": [{"q": 1}], "w": [[], [[]]]}},
+             {"checks": [{"node": "p0", "check": "link", "status": "fail", "observed": "link status: DOWN",
+                          "reason": "", "fix": "hccn_tool -i 5 -link -g", "device": 5}] * 3,
+              "pings": [{"src": "p0", "src_device": 0, "dst": "d1", "dst_device": 0, "kind": "ping",
+                         "address": "10.0.0.13", "ok": False, "observed": "3 packets transmitted, 0 received",
+                         "busy_retries": 2}], "unreachable": {"d1": "connect: timed out"}, "interrupted": None}]
+    for obj in cases:
+        assert dumps(obj) == json.dumps(obj, indent=2), obj

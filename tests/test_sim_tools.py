@@ -1109,3 +1109,77 @@ def test_install_tools_compile_cache_and_fallbacks(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(sim_state, "FASTPATH_SRC", bad)  # the compile fails
     assert_sh_only(sim_state.install_tools(tmp_path / "four"))
     assert not list((tmp_path / "four" / "bin").glob(".fastpath-*"))
+
+
+# ---------------------------------------------------------------------------------------
+# one ping in flight per device, the ping log, the latency knob (`sim up --ping-latency`)
+
+OCCUPIED = "The device is occupied. Please try again later."
+
+
+def ping_log(root: Path, node: str) -> list[str]:
+    return (root / "nodes" / node / "pings" / "log").read_text().splitlines()
+
+
+def hold_device(root: Path, node: str, dev: int):  # type: ignore[no-untyped-def]
+    """What a ping in flight does to its device: hold the flock of pings/dev<N>.lock."""
+    import fcntl
+
+    f = open(root / "nodes" / node / "pings" / f"dev{dev}.lock")
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return f
+
+
+def test_ping_on_an_occupied_device_answers_busy(a3: Path) -> None:
+    target = state(a3, "a3n1").device(3).vnic_ip
+    roce = roce_ip(a3, "a3n1", 3)
+    held = hold_device(a3, "a3n0", 3)
+    try:
+        for cmd in (f"hccn_tool -i 3 -hccs_ping -g address {target}", f"hccn_tool -i 3 -ping -g address {roce}"):
+            p = run(a3, "a3n0", cmd)
+            assert (p.returncode, p.stdout, p.stderr) == (11, "", OCCUPIED + "\n"), cmd
+        assert ok(a3, "a3n0", "hccn_tool -i 3 -link -g") == ["link status: UP"]  # gets are not held
+        ok(a3, "a3n0", f"hccn_tool -i 2 -hccs_ping -g address {target}")  # another device is free
+    finally:
+        held.close()
+    ok(a3, "a3n0", f"hccn_tool -i 3 -hccs_ping -g address {target}")  # released: answered
+    assert ping_log(a3, "a3n0") == [f"3 -hccs_ping {target} 11", f"3 -ping {roce} 11",
+                                    f"2 -hccs_ping {target} 0", f"3 -hccs_ping {target} 0"]
+    assert ping_log(a3, "a3n1") == []  # the target logs nothing: it only answers
+
+
+def test_ping_log_records_failures_with_their_rc(a2: Path) -> None:
+    assert_ping_fails(ping(a2, "a2n0", 0, "10.0.9.9"), 0, "10.0.9.9")
+    assert ping_log(a2, "a2n0") == ["0 -ping 10.0.9.9 1"]
+
+
+def test_ping_latency_knob_holds_the_device(tmp_path: Path, impl: str) -> None:
+    root = make_cluster(tmp_path / "lat", A3_NODES, "a3", impl)
+    for node in ("a3n0", "a3n1"):
+        edit(root, node, lambda st: setattr(st, "ping_latency_s", 2.0))
+    assert "wait_us 0 7 0\n2000000\n" in (root / "nodes" / "a3n0" / "render" / "dev5.fp").read_text()
+    assert "WAIT=2.000000\n" in (root / "nodes" / "a3n0" / "render" / "dev5.sh").read_text()
+    target = state(root, "a3n1").device(5).vnic_ip
+    cmd = f"hccn_tool -i 5 -hccs_ping -g address {target}"
+    first = subprocess.Popen(["/bin/sh", "-c", cmd], env=env_for(root, "a3n0"), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        import fcntl
+
+        with open(root / "nodes" / "a3n0" / "pings" / "dev5.lock") as f:
+            for _ in range(400):  # until the first ping holds device 5 (bounded: 20 s)
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(f, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the first ping never held its device")
+        second = run(root, "a3n0", cmd)
+        assert (second.returncode, second.stderr) == (11, OCCUPIED + "\n")
+        out, err = first.communicate(timeout=30)
+    finally:
+        first.kill()
+    assert first.returncode == 0 and err == "" and "3 packets transmitted, 3 received" in out
+    assert ping_log(root, "a3n0") == [f"5 -hccs_ping {target} 11", f"5 -hccs_ping {target} 0"]

@@ -3,9 +3,10 @@ planned pairs, optionally align TLS. `deploy up` calls `check_network` as its fi
 """
 from __future__ import annotations
 
+import functools
 import shlex
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..plan import Plan
@@ -17,7 +18,9 @@ from .model import Check, NetworkReport, Ping
 from .rules import cluster_checks, node_checks
 
 BUSY_RETRIES = 5
-PING_PARALLEL = 4  # concurrent pings per node (hccn_tool answers busy beyond a few)
+# `--ping-parallel` bounds: pings in flight per node. Default (None): one per device that sends,
+# the hardware's own limit (hccn_tool answers "The device is occupied" to a second ping).
+PING_PARALLEL_MAX = 64
 COLLECT_TIMEOUT = 300.0
 PING_TIMEOUT = 600.0
 # Collection and ping output is parsed whole: keep up to 32 MiB of it per node (a 64-node A3
@@ -55,27 +58,78 @@ def group_devices(plan: Plan) -> dict[tuple[str, str], list[int]]:
 
 
 def planned_pairs(plan: Plan, nodes: list[str]) -> list[Pair]:
-    """The device pairs the plan will use: same-index devices across the nodes of each group,
-    and for P/D, device i of every prefill node to device i of every decode node."""
+    """The device pairs the plan will use, each unordered pair once: same-index devices across
+    the nodes of each group, and for P/D, device i of every prefill node with device i of every
+    decode node. A ping and its reply test the path both ways, so A->B is not also pinged B->A.
+
+    Which end pings is chosen to spread the work: `hccn_tool` allows one ping in flight per
+    device, so the wall time is set by the device that sends the most (see `orient`)."""
     selected = set(nodes)
-    pairs: set[Pair] = set()
+    edges: set[tuple[tuple[str, int], tuple[str, int]]] = set()
+    order = {n: i for i, n in enumerate(plan.inventory.nodes)}
+
+    def add(a: str, x: int, b: str, y: int) -> None:
+        ea, eb = (a, x), (b, y)
+        edges.add((ea, eb) if (order[a], x) <= (order[b], y) else (eb, ea))
+
     by_group = group_devices(plan)
     for g in plan.inventory.groups:
         members = [n for n in g.nodes if n in selected]
-        for a in members:
-            for b in members:
+        for i, a in enumerate(members):
+            for b in members[i + 1:]:
                 if a == b:
                     continue
                 da, db = by_group.get((g.name, a), []), by_group.get((g.name, b), [])
-                pairs.update(Pair(a, x, b, y) for x, y in zip(da, db))
-    prefill = [n for n in plan.nodes if n in selected and any(r.node == n and r.role == "prefill" for r in plan.ranks)]
-    decode = [n for n in plan.nodes if n in selected and any(r.node == n and r.role == "decode" for r in plan.ranks)]
+                for x, y in zip(da, db):
+                    add(a, x, b, y)
+    roles = {(r.node, r.role) for r in plan.ranks}
+    prefill = [n for n in plan.nodes if n in selected and (n, "prefill") in roles]
+    decode = [n for n in plan.nodes if n in selected and (n, "decode") in roles]
+    used = {n: plan.devices_used(n) for n in set(prefill) | set(decode)}
     for p in prefill:
         for d in decode:
             if p != d:
-                pairs.update(Pair(p, x, d, y) for x, y in zip(plan.devices_used(p), plan.devices_used(d)))
-    order = {n: i for i, n in enumerate(plan.inventory.nodes)}
+                for x, y in zip(used[p], used[d]):
+                    add(p, x, d, y)
+    pairs = orient(sorted(edges, key=lambda e: (order[e[0][0]], e[0][1], order[e[1][0]], e[1][1])))
     return sorted(pairs, key=lambda q: (order[q.src], q.src_device, order[q.dst], q.dst_device))
+
+
+def orient(edges: list[tuple[tuple[str, int], tuple[str, int]]]) -> list[Pair]:
+    """Pick the sending end of every unordered device pair so that no device sends much more than
+    it must: greedily the end with fewer pings so far (then the node with fewer, then the first),
+    then flip any pair whose sender has 2+ more than its peer until none is left (bounded).
+    Deterministic: the same plan always pings the same way."""
+    ids: dict[tuple[str, int], int] = {}
+    nodes: dict[str, int] = {}
+    ends = [(ids.setdefault(a, len(ids)), ids.setdefault(b, len(ids))) for a, b in edges]
+    node_of = [nodes.setdefault(n, len(nodes)) for n, _ in ids]
+    dev_load, node_load = [0] * len(ids), [0] * len(nodes)
+    sender: list[int] = []  # the id of the end that sends
+    for x, y in ends:
+        s = x if (dev_load[x], node_load[node_of[x]]) <= (dev_load[y], node_load[node_of[y]]) else y
+        dev_load[s] += 1
+        node_load[node_of[s]] += 1
+        sender.append(s)
+    for _ in range(8):  # local improvement; each pass is O(pairs)
+        changed = False
+        for i, (x, y) in enumerate(ends):
+            s = sender[i]
+            t = y if s == x else x
+            if dev_load[s] >= dev_load[t] + 2:
+                dev_load[s] -= 1
+                dev_load[t] += 1
+                node_load[node_of[s]] -= 1
+                node_load[node_of[t]] += 1
+                sender[i] = t
+                changed = True
+        if not changed:
+            break
+    out = []
+    for (a, b), (x, _y), s in zip(edges, ends, sender):
+        src, dst = (a, b) if s == x else (b, a)
+        out.append(Pair(src[0], src[1], dst[0], dst[1]))
+    return out
 
 
 def ping_target(soc: str, src: NodeFacts, dst: NodeFacts, pair: Pair, roce_only: bool) -> tuple[str, str | None]:
@@ -88,8 +142,38 @@ def ping_target(soc: str, src: NodeFacts, dst: NodeFacts, pair: Pair, roce_only:
     return "ping", ddev.ip
 
 
+def lanes(items: list[tuple[Pair, str, str]], parallel: int | None) -> list[list[int]]:
+    """Indexes of one node's pings split into lanes that run at once, each lane one ping after
+    another. Default: one lane per sending device. `parallel` N up to the number of devices:
+    N lanes, whole devices dealt to the least-loaded lane (still one ping per device in flight);
+    above that, the pings are dealt round-robin (a device then has several in flight)."""
+    by_dev: dict[int, list[int]] = defaultdict(list)
+    for i, (p, _kind, _addr) in enumerate(items):
+        by_dev[p.src_device].append(i)
+    if parallel is None or parallel == len(by_dev):
+        return [by_dev[d] for d in sorted(by_dev)]
+    if parallel < len(by_dev):
+        out: list[list[int]] = [[] for _ in range(parallel)]
+        for d in sorted(by_dev, key=lambda d: (-len(by_dev[d]), d)):
+            min(out, key=len).extend(by_dev[d])
+        return [lane for lane in out if lane]
+    flat = [i for d in sorted(by_dev) for i in by_dev[d]]
+    return [flat[k::parallel] for k in range(min(parallel, len(flat)))]
+
+
+def ping_script(items: list[tuple[Pair, str, str]], parallel: int | None) -> str:
+    """The node-side ping script: every lane a background `lane` of quoted words, `wait`, then
+    the lanes' output (playbooks/network_ping.sh)."""
+    calls = []
+    for k, lane in enumerate(lanes(items, parallel)):
+        words = " ".join(f"{i} {items[i][0].src_device} {items[i][1]} {items[i][2]}" for i in lane)
+        calls.append(f"lane {k} {shlex.quote(words)} &\n")
+    return node_script("network_ping.sh") + "".join(calls) + "wait\nfinish\n"
+
+
 async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], pairs: list[Pair],
-                     roce_only: set[tuple[str, str]], lost: dict[str, str] | None = None) -> list[Ping]:
+                     roce_only: set[tuple[str, str]], lost: dict[str, str] | None = None,
+                     parallel: int | None = None) -> list[Ping]:
     """Pings from each source node in one script. A source node lost meanwhile goes to `lost`
     (unreachable, exit 4), not into the results as failed pings."""
     lost = {} if lost is None else lost
@@ -98,7 +182,7 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
     results: list[Ping] = []
     for pair in pairs:
         kind, addr = ping_target(soc, facts[pair.src], facts[pair.dst], pair, (pair.src, pair.dst) in roce_only)
-        if addr is not None and not _plain_ip(addr):  # node-reported text goes through `eval`
+        if addr is not None and not _plain_ip(addr):  # node-reported text goes into the script
             results.append(Ping(pair.src, pair.src_device, pair.dst, pair.dst_device, kind, "", False,
                                 f"{pair.dst} dev {pair.dst_device} reports {addr!r:.40}, not an IPv4 address"))
             continue
@@ -110,9 +194,8 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
 
     async def one(node: str) -> list[Ping]:
         items = jobs[node]
-        lines = "\n".join(f"{p.src_device} {kind} {addr} {i}" for i, (p, kind, addr) in enumerate(items))
-        script = node_script("network_ping.sh", PAIRS=lines, PARALLEL=PING_PARALLEL)
-        outcome = await cluster.run_script(node, script, timeout=PING_TIMEOUT, capture=PARSED_CAPTURE)
+        outcome = await cluster.run_script(node, ping_script(items, parallel), timeout=PING_TIMEOUT,
+                                           capture=PARSED_CAPTURE)
         if outcome.cause is Cause.UNREACHABLE:
             lost[node] = outcome.reason
             return []
@@ -137,6 +220,7 @@ async def _run_pings(cluster: Cluster, plan: Plan, facts: dict[str, NodeFacts], 
     return [p for p in results if p.src not in lost]
 
 
+@functools.lru_cache(maxsize=4096)  # every address is pinged from many nodes
 def _plain_ip(addr: str) -> bool:
     import ipaddress
 
@@ -150,25 +234,32 @@ def _unsupported_hccs(pings: list[Ping]) -> set[tuple[str, str]]:
     return {(p.src, p.dst) for p in pings if p.kind == "hccs_ping" and "not supported" in p.observed}
 
 
-def ping_checks(pings: list[Ping]) -> list[Check]:
-    """One check per failing (source node, destination node), worst device pair named."""
+def ping_checks(pings: list[Ping], nodes: Iterable[str]) -> list[Check]:
+    """One check per node pair, on the pair's first node in `nodes` order: each device pair is
+    pinged once from whichever end had fewer to send, and the reply proves both directions, so
+    `p0 -> d1` and `d1 -> p0` pings are one finding. The worst device pair is named with its
+    sending end, and the fix runs there."""
+    order = {n: i for i, n in enumerate(nodes)}
     by_pair: dict[tuple[str, str], list[Ping]] = defaultdict(list)
     for p in pings:
-        by_pair[(p.src, p.dst)].append(p)
+        a, b = sorted((p.src, p.dst), key=lambda n: (order.get(n, len(order)), n))
+        by_pair[(a, b)].append(p)
     out = []
-    for (src, dst), items in by_pair.items():
+    for (a, b), items in by_pair.items():
         bad = [p for p in items if not p.ok]
         if not bad:
-            out.append(Check(src, "ping", "ok", f"{len(items)}/{len(items)} pings to {dst} ok"))
+            out.append(Check(a, "ping", "ok", f"{len(items)}/{len(items)} pings to {b} ok"))
             continue
-        worst = bad[0]
+        worst = next((p for p in bad if p.src == a), bad[0])
         tool = "-hccs_ping" if worst.kind == "hccs_ping" else "-ping"
-        out.append(Check(src, "ping", "fail",
-                         f"{len(bad)}/{len(items)} pings to {dst} failed; dev {worst.src_device} -> {dst} dev "
-                         f"{worst.dst_device} ({worst.address or 'no address'}): {worst.observed}",
-                         f"{src} cannot reach {dst} over the NPU network",
-                         f"on {src}: hccn_tool -i {worst.src_device} {tool} -g address {worst.address or '<ip>'}; "
-                         "check links, subnets, switch and TLS on both ends", worst.src_device))
+        sender = "" if worst.src == a else f"{worst.src} "
+        device = worst.src_device if worst.src == a else worst.dst_device  # a's end of the pair
+        out.append(Check(a, "ping", "fail",
+                         f"{len(bad)}/{len(items)} pings to {b} failed; {sender}dev {worst.src_device} -> "
+                         f"{worst.dst} dev {worst.dst_device} ({worst.address or 'no address'}): {worst.observed}",
+                         f"{a} cannot reach {b} over the NPU network",
+                         f"on {worst.src}: hccn_tool -i {worst.src_device} {tool} -g address {worst.address or '<ip>'}; "
+                         "check links, subnets, switch and TLS on both ends", device))
     return out
 
 
@@ -178,19 +269,23 @@ async def collect(cluster: Cluster, plan: Plan, nodes: list[str]
     did not run or gave nothing (sudo refused, no channel, timed out) with their outcome."""
     soc = plan.inventory.soc
 
-    async def one(node: str) -> Outcome:
-        return await cluster.run_script(node, collect_script(soc, plan.devices_used(node)),
-                                        timeout=COLLECT_TIMEOUT, capture=PARSED_CAPTURE)
+    async def one(node: str) -> tuple[Outcome, NodeFacts | None]:
+        """A node's outcome, parsed as soon as it is in (while the others still run)."""
+        outcome = await cluster.run_script(node, collect_script(soc, plan.devices_used(node)),
+                                           timeout=COLLECT_TIMEOUT, capture=PARSED_CAPTURE)
+        if outcome.cause is Cause.UNREACHABLE or (not outcome.ok and not parse_sections(outcome.stdout)):
+            return outcome, None
+        return outcome, node_facts(node, outcome.stdout, plan.devices_used(node))
 
     facts, unreachable, broken = {}, {}, {}
     results = await cluster.each([n for n in nodes if n not in cluster.unreachable], one)
-    for node, outcome in results.items():
+    for node, (outcome, f) in results.items():
         if outcome.cause is Cause.UNREACHABLE:
             unreachable[node] = outcome.reason
-        elif not outcome.ok and not parse_sections(outcome.stdout):
+        elif f is None:
             broken[node] = outcome
         else:
-            facts[node] = node_facts(node, outcome.stdout, plan.devices_used(node))
+            facts[node] = f
     return facts, unreachable, broken
 
 
@@ -249,9 +344,10 @@ async def fix_tls(cluster: Cluster, facts: dict[str, NodeFacts], devices: dict[s
 
 async def check_network(plan: Plan, cluster: Cluster, nodes: list[str] | None = None, *, ping: bool = True,
                         fix_tls_to: int | None = None, busy_is_error: bool = False,
-                        progress: Progress | None = None) -> NetworkReport:
+                        progress: Progress | None = None, ping_parallel: int | None = None) -> NetworkReport:
     """The whole check as a value. Nodes default to the plan's; each connects on first use.
 
+    `ping_parallel`: pings in flight per node (None: one per sending device; see `lanes`).
     Interrupted (Ctrl-C), it returns what it has so far with `interrupted` set."""
     say = progress or (lambda _msg: None)
     nodes = nodes or plan.nodes
@@ -286,12 +382,13 @@ async def check_network(plan: Plan, cluster: Cluster, nodes: list[str] | None = 
     if ping:
         pairs = [p for p in planned_pairs(plan, list(facts)) if p.src in facts and p.dst in facts]
         say(f"pinging {len(pairs)} planned device pairs")
-        pings = await _run_pings(cluster, plan, facts, pairs, set(), report.unreachable)
+        pings = await _run_pings(cluster, plan, facts, pairs, set(), report.unreachable, ping_parallel)
         fallback = _unsupported_hccs(pings)
         if fallback and not cluster.interrupted:  # 800T A3 boards have no -hccs_ping: use RoCE
             redo = [p for p in pairs if (p.src, p.dst) in fallback]
             keep = [p for p in pings if (p.src, p.dst) not in fallback]
-            pings = keep + await _run_pings(cluster, plan, facts, redo, fallback, report.unreachable)
+            pings = keep + await _run_pings(cluster, plan, facts, redo, fallback, report.unreachable,
+                                                 ping_parallel)
         report.pings = [p for p in pings if p.src not in report.unreachable]
-        report.checks += ping_checks(report.pings)
+        report.checks += ping_checks(report.pings, plan.inventory.nodes)
     return done()

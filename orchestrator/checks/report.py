@@ -64,10 +64,13 @@ def ping_matrix(report: NetworkReport) -> Table | None:
     nodes = [n for n in report.nodes if any(p.src == n or p.dst == n for p in report.pings)]
     if not report.pings or len(nodes) > MATRIX_MAX_NODES:
         return None
+    # Each unordered device pair is pinged once and its reply proves the path both ways, so a
+    # pair shows in both cells: p0 -> d1 failing reads the same on d1's row.
     cell: dict[tuple[str, str], list] = defaultdict(list)
     for p in report.pings:
         cell[(p.src, p.dst)].append(p)
-    t = Table(title="pings: row -> column", title_justify="left")
+        cell[(p.dst, p.src)].append(p)
+    t = Table(title="pings between row and column (each device pair once, both ways)", title_justify="left")
     t.add_column("from \\ to")
     for n in nodes:
         t.add_column(n, justify="center")

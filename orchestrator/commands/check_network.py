@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 
 import click
 from rich.console import Console
 
-from ..checks.network import check_network
+from ..checks import jsonout
+from ..checks.network import PING_PARALLEL_MAX, check_network
 from ..checks.report import print_report
 from ..cliutil import JsonCommand, fail, load_plan_or_exit, problem_json
 from ..nodeset import SelectorError, select_nodes
@@ -25,7 +25,11 @@ from ..transport import Cluster
 @click.option("--no-ping", is_flag=True, help="Skip the planned-pair pings.")
 @click.option("--nodes", "selector", metavar="SELECTOR",
               help="Only these nodes: names, globs, role:decode, group:p0 (comma-separated).")
-def command(inventory: str, as_json: bool, fix_tls: str | None, no_ping: bool, selector: str | None) -> None:
+@click.option("--ping-parallel", type=click.IntRange(1, PING_PARALLEL_MAX), default=None, metavar="N",
+              help="At most N pings in flight per node (default: one per device, the hardware's limit; "
+                   f"1..{PING_PARALLEL_MAX}; above the devices a node pings from, a device runs several).")
+def command(inventory: str, as_json: bool, fix_tls: str | None, no_ping: bool, selector: str | None,
+            ping_parallel: int | None) -> None:
     """Check NPU links, net health, device IPs, hccn.conf, TLS, health and HBM on every node the
     plan uses, then ping the device pairs the plan will use. Exit 0 green (warnings allowed),
     1 a failed check, 4 a node unreachable, 2 usage or inventory error, 130/143 interrupted."""
@@ -55,7 +59,7 @@ def command(inventory: str, as_json: bool, fix_tls: str | None, no_ping: bool, s
             progress(f"checking {len(nodes)} nodes")
             report = await check_network(plan, cluster, nodes, ping=not no_ping,
                                          fix_tls_to=None if fix_tls is None else int(fix_tls == "on"),
-                                         progress=progress)
+                                         progress=progress, ping_parallel=ping_parallel)
             return report, cluster.log_errors
 
     report, log_errors = asyncio.run(go())
@@ -68,7 +72,7 @@ def command(inventory: str, as_json: bool, fix_tls: str | None, no_ping: bool, s
         out["inventory"] = plan.name
         out["logs"] = str(logs) if logs else None
         out["warnings"] = [problem_json(w, plan.inventory.source) for w in plan.warnings]
-        click.echo(json.dumps(out, indent=2))
+        click.echo(jsonout.dumps(out))  # = json.dumps(out, indent=2), faster for 10^4 records
     else:
         n_pairs = len(report.pings) if not no_ping else 0
         title = (f"check-network {plan.name}: {len(nodes)} nodes ({plan.inventory.soc}), "

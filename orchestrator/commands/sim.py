@@ -49,14 +49,16 @@ def command() -> None:
               help="Seconds a simulated `vllm serve` takes to load (per node: runtime/config.json).")
 @click.option("--time-factor", type=click.FloatRange(0.0001, 100), default=1.0, show_default=True,
               help="Scales vLLM's time limits (5-minute handshake, VLLM_ENGINE_READY_TIMEOUT_S).")
-def up(inventory, root, nodes, soc, mode, faults_file, port, startup, time_factor) -> None:
+@click.option("--ping-latency", type=click.FloatRange(0, 60), default=0.0, show_default=True, metavar="S",
+              help="Seconds every simulated -ping / -hccs_ping takes, holding its device (0: CPU only).")
+def up(inventory, root, nodes, soc, mode, faults_file, port, startup, time_factor, ping_latency) -> None:
     """Start one SSH server per node; print the path of the inventory that points at them."""
     if (inventory is None) == (nodes is None):
         raise click.UsageError("give an INVENTORY or --nodes N (not both)")
     try:
         sim = cluster.up(root or cluster.default_dir(), inventory, nodes=nodes, soc=soc, mode=mode,
                          port=port, faults_file=faults_file, startup=startup,
-                         time_factor=time_factor, say=_say)
+                         time_factor=time_factor, ping_latency=ping_latency, say=_say)
     except InventoryError as err:
         fail_inventory(err)
     except SimError as err:

@@ -9,16 +9,20 @@
  * same argv.  It decides before printing anything, so a fallback is always byte-identical, and the
  * locking, busy-counter and persistence logic stays in one place (the sh script).
  *
- * Why: check-network runs ~27,000 tool calls.  Under dash one costs ~0.85-0.95 ms (start-up and
- * script parsing); this binary ~0.45 ms, nearly all of it process creation and libc start-up.
+ * Why: check-network runs ~24,000 tool calls.  Under dash one costs ~0.85-0.95 ms (start-up and
+ * script parsing); this binary with glibc ~0.45 ms, nearly all of it process creation and libc
+ * start-up; built with -DFASTPATH_NOLIBC -nostdlib (nolibc.h, tools.py tries that first) ~0.15 ms.
  *
  * .fp format (written by state.py _fp_text): the line "fastpath 1", then records
  *   <key> <rc> <stdout bytes> <stderr bytes>\n<stdout>\n<stderr>\n
  * Keys: "-link" ... "-optical" (the exact answer of `-i N -<cmd> -g`), scalars (node, soc, pod,
- * dev, ip, link, vlink, t0..t2, hns) in dev<N>.fp, and npu-smi's keys (info, list, map,
+ * dev, ip, link, vlink, t0..t2, hns, wait_us) in dev<N>.fp, and npu-smi's keys (info, list, map,
  * board_N[_C], health_N[_C], spod_N[_C]) in all.fp.
  */
-#define _POSIX_C_SOURCE 200809L
+#ifdef FASTPATH_NOLIBC /* built with -nostdlib: raw system calls (nolibc.h), no libc start-up */
+#include "nolibc.h"
+#else
+#define _DEFAULT_SOURCE /* flock */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -26,8 +30,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
+#endif
 
 #define MAGIC "fastpath 1\n"
 #define MAXREC 256
@@ -213,6 +220,47 @@ static int answered(const char *index, const char *up)
 	return ok;
 }
 
+/* A ping in flight holds its device: hccn_tool answers "The device is occupied" to a second ping
+ * on the same device (ascend-tools.md 1.10; rc 11 as every busy answer).  The hold is a flock on
+ * DIR/nodes/<n>/pings/dev<N>.lock, released when the process ends, so a killed ping never leaves
+ * a device busy.  Then the ping takes wait_us (`deploy sim up --ping-latency`; 0: CPU only).  Every
+ * answered ping is logged as "<dev> <-ping|-hccs_ping> <address> <rc>" in pings/log (O_APPEND, one
+ * write), so tests see what each node was asked.  Same as the sh script's _inflight and _done. */
+static const char *pcmd, *paddr;
+
+static void done(int rc)
+{
+	char line[600];
+	fflush(stdout);
+	int n = snprintf(line, sizeof line, "%s %s %.500s %d\n", val("dev"), pcmd, paddr, rc);
+	int fd = open(fmt("%s/pings/log", node), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+	if (fd >= 0) {
+		if (write(fd, line, (size_t)n) < 0) { /* a lost log line changes no answer */
+		}
+		close(fd);
+	}
+	exit(rc);
+}
+
+static void inflight(const char *cmd, const char *addr)
+{
+	long long us = atoll(val("wait_us"));
+	int fd = open(fmt("%s/pings/dev%s.lock", node, val("dev")), O_RDONLY | O_CREAT | O_CLOEXEC, 0666);
+	if (fd < 0)
+		fallback(); /* no pings/ folder: sh says what is wrong */
+	pcmd = cmd;
+	paddr = addr;
+	if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+		fputs("The device is occupied. Please try again later.\n", stderr);
+		done(11);
+	}
+	if (us > 0) {
+		struct timespec ts = {(time_t)(us / 1000000), (long)(us % 1000000) * 1000};
+		while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+			;
+	}
+}
+
 /* hccn_tool -i N -ping -g address A.B.C.D [pkt LEN] */
 static void ping(int argc, char **argv)
 {
@@ -224,17 +272,18 @@ static void ping(int argc, char **argv)
 	if (!dotted(t))
 		fallback();
 	int ok = !strcmp(val("link"), "UP") && *val("ip") && answered(fmt("%s/addr/%s", root, t), "up");
+	inflight("-ping", t);
 	printf("device %s PING %s\n", val("dev"), t);
 	if (ok) {
 		printf("recv seq=0,time=%sms\nrecv seq=1,time=%sms\nrecv seq=2,time=%sms\n", val("t0"), val("t1"), val("t2"));
 		printf("3 packets transmitted, 3 received, 0.00%% packet loss\n");
-		exit(0);
+		done(0);
 	}
 	printf("recv time out seq=0\nrecv time out seq=1\nrecv time out seq=2\n");
 	printf("3 packets transmitted, 0 received, 100.00%% packet loss\n");
 	fflush(stdout);
 	fputs("Command execute failed!\n", stderr);
-	exit(1);
+	done(1);
 }
 
 /* value of a numeric hccs_ping option, or fall back if it is out of the sh tool's range */
@@ -274,6 +323,7 @@ static void hccs_ping(int argc, char **argv)
 	if (!dot || !strchr(dot + 1, '.') || dot - s > 3 || atoi(s) >= 48)
 		fallback();
 	int ok = !strcmp(val("vlink"), "UP") && answered(fmt("%s/vnic/%s/%s", root, val("pod"), t), "vup");
+	inflight("-hccs_ping", t);
 	long long hns = atoll(val("hns")), sum = 0;
 	printf("device %s PING %s\n\n", val("dev"), t);
 	for (long i = 0; i < cnt; i++) {
@@ -295,7 +345,7 @@ static void hccs_ping(int argc, char **argv)
 		printf("max time 0.000us\nmin time 0.000us\naverage time 0.000us\nTP95 time 0.000us\n");
 	}
 	printf("Cmd executed successfully!\n");
-	exit(0);
+	done(0);
 }
 
 static void hccn_tool(int argc, char **argv)

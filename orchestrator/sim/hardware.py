@@ -98,6 +98,9 @@ class NodeState(BaseModel):
     super_pod_size: int | None = None  # A3
     server_index: int | None = None  # A3
     busy: int = 0  # the next `busy` hccn_tool invocations answer "busy"
+    # seconds every -ping / -hccs_ping takes while it holds its device (`deploy sim up
+    # --ping-latency`): 0 = CPU only; a real ping waits on its packets
+    ping_latency_s: float = Field(default=0.0, ge=0, le=60)
     ping_loss: list[str] = Field(default_factory=list)  # peer nodes pings to/from fail
     hccn_conf: bool = True  # False (fault no-hccn-conf): the node has no /etc/hccn.conf
     faults: list[str] = Field(default_factory=list)  # applied fault specs, for display

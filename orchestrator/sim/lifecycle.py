@@ -132,10 +132,11 @@ def read_faults_file(path: str | Path) -> list[dict]:
 
 def up(root: str | Path, inventory: str | None = None, *, nodes: int | None = None, soc: str = "a3",
        mode: str | None = None, port: int = DEFAULT_PORT, faults_file: str | None = None,
-       startup: float = 2.0, time_factor: float = 1.0,
+       startup: float = 2.0, time_factor: float = 1.0, ping_latency: float = 0.0,
        say: Callable[[str], None] = lambda _m: None) -> Sim:
     """Start one SSH server per node (of INVENTORY, or `nodes` generated ones) and write
     DIR/inventory.yaml pointing at them. An old sim in DIR is brought down first.
+    `ping_latency`: seconds every simulated ping takes (0: CPU only).
     Raises InventoryError (bad inventory), SimUsageError, SimError."""
     from .state import build_states, write_cluster
 
@@ -197,6 +198,7 @@ def up(root: str | Path, inventory: str | None = None, *, nodes: int | None = No
         states = build_states(list(zip(names, addrs)), soc)
         for name in names:
             states[name].nic = ((raw.get("nodes") or {}).get(name) or {}).get("nic")
+            states[name].ping_latency_s = ping_latency
         write_cluster(root, states)
         _provision_nodes(root, user, raw, names, startup=startup, time_factor=time_factor)
         _write_keys(sim)
@@ -341,7 +343,9 @@ def _clear_tools(sim: Sim, node: str) -> None:
         ndir = sim.nodes[name].node_dir
         with node_lock(ndir):
             if name == node:  # hardware truth only: runtime occupancy (runtime/hbm) is kept
-                healthy[node].nic = load_state(ndir).nic
+                old = load_state(ndir)
+                healthy[node].nic = old.nic
+                healthy[node].ping_latency_s = old.ping_latency_s  # a knob of `sim up`, not a fault
                 save_state(ndir, healthy[node])
                 continue
             st = load_state(ndir)

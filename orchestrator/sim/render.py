@@ -186,7 +186,14 @@ def _device_scalars(state: NodeState, d: DeviceState) -> dict[str, str]:
         "t1": t[1],
         "t2": t[2],
         "hns": str(d.hccs_ns),
+        "wait_us": str(round(state.ping_latency_s * 1_000_000)),
     }
+
+
+def _seconds(s: float) -> str:
+    """`sleep`'s argument for the sh tool: 0, or seconds with up to 6 decimals."""
+    us = round(s * 1_000_000)
+    return "0" if us == 0 else f"{us // 1_000_000}.{us % 1_000_000:06d}"
 
 
 def _render_device(state: NodeState, d: DeviceState) -> str:
@@ -202,6 +209,7 @@ def _render_device(state: NodeState, d: DeviceState) -> str:
         f"VLINK={sc['vlink']}",
         f"T0={sc['t0']} T1={sc['t1']} T2={sc['t2']}",
         f"HNS={sc['hns']}",
+        f"WAIT={_seconds(state.ping_latency_s)}",
     ]
     for key, stdout, stderr, rc in _device_answers(state, d):
         v += _out(key, stdout, stderr, rc)

@@ -13,6 +13,8 @@ The truth for simulated node X is ``DIR/nodes/X/state.json`` (a :class:`NodeStat
     DIR/nodes/X/render/vup<N>        exists iff device N's vNIC link is UP (A3, hccs_ping)
     DIR/nodes/X/render/noping/<peer> ping-loss fault with node <peer>
     DIR/nodes/X/render/busy          busy counter ("" = 0); hccn_tool decrements it
+    DIR/nodes/X/pings/dev<N>.lock    flock'ed by a ping in flight on device N (busy to a second)
+    DIR/nodes/X/pings/log            every answered ping: "<dev> <-ping|-hccs_ping> <addr> <rc>"
     DIR/nodes/X/render/smi/<key>.sh  npu-smi: pre-rendered outputs per query
     DIR/nodes/X/render/smi/all.fp    all of them, for the compiled fast path
     DIR/nodes/X/render/index         the index entries this node owns (below)
@@ -206,6 +208,12 @@ def save_state(node_dir: str | os.PathLike[str], state: NodeState) -> None:
         _write(conf, render_hccn_conf(state), RW_MODE)
     else:
         conf.unlink(missing_ok=True)
+    pings = ndir / "pings"
+    _mkdir(pings)
+    for name in [f"dev{d.id}.lock" for d in state.devices] + ["log"]:  # kept: the log grows
+        if not (pings / name).exists():
+            (pings / name).touch()
+            os.chmod(pings / name, RW_MODE)
     render = ndir / "render"
     _sync_tree(render, render_node(state), keep={"busy", "index"})
     _write(render / "busy", f"{state.busy}\n" if state.busy > 0 else "", RW_MODE)

@@ -17,7 +17,13 @@ from pathlib import Path
 EXEC_MODE = 0o755
 BIN_SRC = Path(__file__).resolve().parent / "bin"
 FASTPATH_SRC = Path(__file__).resolve().parent / "fastpath.c"
+NOLIBC_SRC = Path(__file__).resolve().parent / "nolibc.h"
 TOOLS = ("hccn_tool", "npu-smi")
+# Build variants, cheapest first: without libc (nolibc.h: ~0.15 ms a call instead of ~0.45 ms,
+# the static glibc start-up), static glibc, dynamic glibc.
+NOLIBC = ["-DFASTPATH_NOLIBC", "-nostdlib", "-static", "-no-pie", "-fno-pie", "-ffreestanding",
+          "-fno-stack-protector", "-fno-tree-loop-distribute-patterns", "-fno-asynchronous-unwind-tables"]
+BUILDS: tuple[list[str], ...] = (NOLIBC, ["-static"], [])
 
 def _install(src: Path, dst: Path) -> None:
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
@@ -30,15 +36,18 @@ _fastpath_built: dict[str, Path] = {}  # source hash -> a binary built by this p
 
 
 def _build_fastpath(bindir: Path) -> Path | None:
-    """``DIR/bin/.fastpath-<source hash>``, compiled from fastpath.c unless already there.
+    """``DIR/bin/.fastpath-<source hash>``, compiled from fastpath.c (and nolibc.h) unless
+    already there.
 
-    None when there is no ``cc``, no source, or the compile fails.  Static linking saves
-    about 0.1 ms of exec time per call; if the libc has no static archive, link dynamically.
+    None when there is no ``cc``, no source, or every build fails.  Tried in `BUILDS` order:
+    without libc (no libc start-up: ~0.3 ms less a call on this VM), static glibc (~0.1 ms less
+    than dynamic), dynamic; a build that does not start (`_runs`) counts as failed.
     """
     cc = shutil.which("cc")
     if cc is None or not FASTPATH_SRC.is_file():
         return None
-    digest = hashlib.sha256(FASTPATH_SRC.read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256(FASTPATH_SRC.read_bytes() + (NOLIBC_SRC.read_bytes() if NOLIBC_SRC.is_file()
+                                                         else b"")).hexdigest()[:16]
     binary = bindir / f".fastpath-{digest}"
     if binary.is_file():
         return binary
@@ -48,9 +57,9 @@ def _build_fastpath(bindir: Path) -> Path | None:
         if built is not None and built.is_file():
             shutil.copyfile(built, tmp)
         else:
-            for link in (["-static"], []):
-                cmd = [cc, "-std=c99", "-O2", *link, "-o", str(tmp), str(FASTPATH_SRC)]
-                if subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0:
+            for flags in BUILDS:
+                cmd = [cc, "-std=c99", "-O2", *flags, "-o", str(tmp), str(FASTPATH_SRC)]
+                if subprocess.run(cmd, capture_output=True, timeout=120).returncode == 0 and _runs(tmp):
                     break
             else:
                 return None
@@ -67,6 +76,16 @@ def _build_fastpath(bindir: Path) -> Path | None:
             with contextlib.suppress(OSError):
                 old.unlink()
     return binary
+
+
+def _runs(binary: Path) -> bool:
+    """A build that starts: under its own name it says "install me as ..." and exits 127 (a
+    nolibc build for an architecture it does not fit would crash instead)."""
+    try:
+        p = subprocess.run([str(binary)], capture_output=True, timeout=10, env={})
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return p.returncode == 127 and b"install me as hccn_tool or npu-smi" in p.stderr
 
 
 def install_tools(root: str | os.PathLike[str]) -> Path:

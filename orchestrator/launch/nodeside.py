@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Callable
 
 from .. import nodepaths
 
@@ -92,10 +93,11 @@ def signal_groups(container: str, pids: list[int], sig: str) -> list[str]:
                        'kill -"$sig" -"$p" 2>/dev/null; done; true', "sh", sig, *_pids(pids))
 
 
-def write_files_script(files: dict[str, tuple[str, int]]) -> str:
+def _atomic_writes(files: dict[str, tuple[str, int]], fill: Callable[[str, str], str]) -> str:
     """sh text that atomically writes host files {path: (content, mode)} under the node root,
-    each folder 0700 (it holds logs, PIDs and the 0600 secret files)."""
-    lines = ["set -e", 'umask 077']
+    each folder 0700 (it holds logs, PIDs and the 0600 secret files); `fill(content, tmp)` is the
+    line that puts the content into the temporary file."""
+    lines = ["set -e", "umask 077"]
     made: set[str] = set()
     for path, (content, mode) in files.items():
         target = nodepaths.host_path(path)
@@ -104,10 +106,16 @@ def write_files_script(files: dict[str, tuple[str, int]]) -> str:
         if directory not in made:
             made.add(directory)
             lines.append(f"chmod 700 -- {directory}")
-        lines.append(f"printf '%s' {shlex.quote(content)} > {target}.deploy-tmp")
-        lines.append(f"chmod {mode:o} {target}.deploy-tmp")
+        lines.append(fill(content, f"{target}.deploy-tmp"))
+        lines.append(f"chmod {mode:o} -- {target}.deploy-tmp")
         lines.append(f"mv -f -- {target}.deploy-tmp {target}")
     return "\n".join(lines) + "\n"
+
+
+def write_files_script(files: dict[str, tuple[str, int]]) -> str:
+    """sh text that atomically writes host files {path: (content, mode)}: the content quoted
+    into the script, so the run log shows what was written."""
+    return _atomic_writes(files, lambda content, tmp: f"printf '%s' {shlex.quote(content)} > {tmp}")
 
 
 def write_private_script(files: dict[str, str]) -> str:
@@ -115,20 +123,18 @@ def write_private_script(files: dict[str, str]) -> str:
     host files {path: text} mode 0600, atomically, in a 0700 folder: for secrets. The text
     travels in here-documents on stdin: never on a command line (`ps`) or in the run log, which
     records only the byte count of stdin."""
+    return _atomic_writes({path: (text, 0o600) for path, text in files.items()}, _heredoc)
+
+
+def _heredoc(content: str, tmp: str) -> str:
+    """`cat > tmp` fed by a quoted here-document whose end marker the content does not hold."""
     import secrets
 
-    lines = ["set -e", "umask 077"]
-    for path, content in files.items():
-        target = nodepaths.host_path(path)
-        directory = nodepaths.host_path(path.rsplit("/", 1)[0] or "/")
+    end = "DEPLOY_EOF_" + secrets.token_hex(8)
+    while end in content:
         end = "DEPLOY_EOF_" + secrets.token_hex(8)
-        while end in content:
-            end = "DEPLOY_EOF_" + secrets.token_hex(8)
-        body = content if content.endswith("\n") else content + "\n"
-        lines += [f"mkdir -p -- {directory}", f"chmod 700 -- {directory}",
-                  f"cat > {target}.deploy-tmp <<'{end}'\n{body}{end}",
-                  f"chmod 600 -- {target}.deploy-tmp", f"mv -f -- {target}.deploy-tmp {target}"]
-    return "\n".join(lines) + "\n"
+    body = content if content.endswith("\n") else content + "\n"
+    return f"cat > {tmp} <<'{end}'\n{body}{end}"
 
 
 def remove_files_script(paths: list[str]) -> str:

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, cast
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
+from .capture import CAPTURE_HEAD, CAPTURE_TAIL
 from .redact import scrub_bytes
 from .runlog import inside
 from .sshimport import SSHClientConfig, asyncssh, get_encryption_algs, get_kex_algs, get_mac_algs
@@ -109,8 +110,6 @@ CHANNELS_PER_NODE = 8                                  # under sshd's default Ma
 HANDSHAKES_PER_HOST = 8                                # under sshd's default MaxStartups 10
 KEEPALIVE = 30                                         # s; notices a node dying mid-command
 TAIL_LINES = 5
-CAPTURE_HEAD = 512 * 1024   # bytes of each stream kept in memory from the start …
-CAPTURE_TAIL = 256 * 1024   # … and from the end; the rest is only in the node log
 RUN_LOG_MAX = 256 * 1024 * 1024  # bytes of command output all node logs of one run may hold
 KILL_TIMEOUT = 15.0         # s for the node-side kill of an interrupted run
 RUN_VAR = "DEPLOY_RUN"      # node-side environment marker of every command this run started

@@ -119,16 +119,30 @@ def test_plan_imports_no_ssh_and_json_no_rich(tmp_path):
 
 
 def test_exec_validates_once_then_needs_no_pydantic(tmp_path):
-    """Selecting a node that is not there exits 2 after the inventory is loaded, before SSH."""
+    """Selecting a node that is not there exits 2 after the inventory is loaded, before SSH. The
+    first run validates in a forked child (which stores the entry), so neither run imports pydantic."""
     args = ("exec", str(EXAMPLE), "--nodes", "nosuch", "--", "true")
     r, first = imported(tmp_path, *args)
     assert r.returncode == 2 and "nosuch" in r.stderr
-    assert "pydantic" in first  # validated in full, then remembered
+    assert below(first, "pydantic", "pydantic_core", "yaml") == []  # the child validated it …
+    assert len(list((tmp_path / "state" / ".cache" / "inventories").glob("*.json"))) == 1  # … and stored it
     r, again = imported(tmp_path, *args)
     assert r.returncode == 2 and "nosuch" in r.stderr
     assert below(again, "pydantic", "pydantic_core", "yaml", "rich") == []
     assert "orchestrator.inventory" not in again and "orchestrator.plan" not in again
     assert "asyncssh" in again  # exec itself still is the SSH command
+
+
+def test_exec_of_an_invalid_inventory_validates_itself_and_says_what_plan_says(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("soc: a3", "soc: a9"))
+    r, mods = imported(tmp_path, "exec", str(bad), "--", "true")
+    assert r.returncode == 2 and "a9" in r.stderr
+    assert "pydantic" in mods  # the child found problems: this process validated and told them
+    plan = subprocess.run([sys.executable, "-m", "orchestrator", "plan", str(bad)], capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert plan.returncode == 2 and r.stderr == plan.stderr
+    assert not list((tmp_path / "state").rglob("*.json"))
 
 
 # ---------------------------------------------------------------- the validated-inventory cache
@@ -272,3 +286,56 @@ def test_a_config_that_can_is_parsed_once_per_distinct_host(config, tmp_path, mo
         assert all(cfg.get("ProxyJump") == "bastion" for cfg in found.values())
     if "Include" in config:
         assert found["n4"].get("User") == "from-include" and found["n0"].get("User") is None
+
+
+def test_prefetch_stores_in_a_child_and_leaves_no_child_behind(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOY_STATE_DIR", str(tmp_path / "state"))
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(EXAMPLE.read_text())
+    inventory_cache.prefetch(inv)
+    (pid,) = inventory_cache._children.values()
+    hit = inventory_cache.load_inventory(inv)
+    assert isinstance(hit, inventory_cache.Fields)  # the child's entry, read back
+    assert _fields(hit) == _fields(load_inventory(inv))
+    assert inventory_cache._children == {}
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reaped: no zombie
+    inventory_cache.prefetch(inv)  # stored already: nothing to fork
+    assert inventory_cache._children == {}
+
+
+def test_prefetch_of_an_invalid_inventory_raises_the_full_problems(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPLOY_STATE_DIR", str(tmp_path / "state"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(EXAMPLE.read_text().replace("soc: a3", "soc: a9"))
+    with pytest.raises(InventoryError) as direct:
+        load_inventory(bad)
+    inventory_cache.prefetch(bad)
+    with pytest.raises(InventoryError) as fetched:
+        inventory_cache.load_inventory(bad)
+    assert fetched.value.render() == direct.value.render()
+    assert not inventory_cache.cache_dir().exists() or not list(inventory_cache.cache_dir().iterdir())
+
+
+def test_a_stuck_validating_child_is_killed_and_the_caller_validates(tmp_path, monkeypatch):
+    import orchestrator.inventory as inventory_module
+
+    monkeypatch.setenv("DEPLOY_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setattr(inventory_cache, "PREFETCH_WAIT", 0.3)
+    me, real = os.getpid(), inventory_module.load_inventory
+
+    def stuck_in_the_child(path):
+        if os.getpid() != me:
+            import time
+            time.sleep(600)
+        return real(path)
+
+    monkeypatch.setattr(inventory_module, "load_inventory", stuck_in_the_child)
+    inv = tmp_path / "inv.yaml"
+    inv.write_text(EXAMPLE.read_text())
+    inventory_cache.prefetch(inv)
+    (pid,) = inventory_cache._children.values()
+    loaded = inventory_cache.load_inventory(inv)
+    assert not isinstance(loaded, inventory_cache.Fields) and loaded.name == real(inv).name
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # killed and reaped

@@ -11,13 +11,18 @@ import math
 import sys
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
+from .. import inventory_cache
+from ..capture import CAPTURE_HEAD, CAPTURE_TAIL
 from ..cliutil import JsonCommand, exit_code, fail, load_inventory_or_exit
 from ..nodeset import SelectorError, fold, select_nodes
 from ..runlog import StateError, run_dir
-from ..transport import CAPTURE_HEAD, CAPTURE_TAIL, Cluster, Outcome
+
+if TYPE_CHECKING:
+    from ..transport import Outcome
 
 RULE = "-" * 16
 ORDER = {"ok": 0, "failed": 1, "unreachable": 2}
@@ -60,6 +65,11 @@ def command(inventory: str, command: tuple[str, ...], selector: str | None, as_j
     Exit 0 all ok, 1 some failed, 4 some unreachable, 2 usage or inventory error,
     130/143 interrupted (Ctrl-C / SIGTERM: the commands started on the nodes are killed).
     """
+    # A new or changed inventory is validated by a child while this process imports the SSH
+    # stack; a repeat is a cache hit and forks nothing (orchestrator/inventory_cache.py).
+    inventory_cache.prefetch(inventory)
+    from .. import transport  # noqa: F401  (asyncssh: imported here, alongside the child)
+
     inv = load_inventory_or_exit(inventory)
     try:
         names = select_nodes(inv, selector)
@@ -114,6 +124,8 @@ async def _run(inv, names: list[str], argv: list[str], timeout: float | None, lo
                keep_head: int, keep_tail: int
                ) -> tuple[dict[str, Outcome], int | None, dict[str, str]]:
     """Connect-and-run per node: a silent node costs its own connect timeout, nobody else's."""
+    from ..transport import Cluster
+
     with _Progress() as progress:
         async with Cluster(inv, names, log_dir=logs, capture_head=keep_head,
                            capture_tail=keep_tail, handle_signals=True) as cluster:

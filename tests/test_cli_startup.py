@@ -118,6 +118,13 @@ def test_plan_imports_no_ssh_and_json_no_rich(tmp_path):
     assert below(mods, "asyncssh", "rich") == []
 
 
+def test_check_network_json_imports_no_rich(tmp_path):
+    """--json output is for scripts: rich (tables, progress) is imported only for a person."""
+    r, mods = imported(tmp_path, "check-network", str(EXAMPLE), "--json", "--nodes", "nosuch")
+    assert r.returncode == 2 and "nosuch" in r.stderr
+    assert "orchestrator.checks.network" in mods and below(mods, "rich") == []
+
+
 def test_exec_validates_once_then_needs_no_pydantic(tmp_path):
     """Selecting a node that is not there exits 2 after the inventory is loaded, before SSH. The
     first run validates in a forked child (which stores the entry), so neither run imports pydantic."""

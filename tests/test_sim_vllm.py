@@ -535,7 +535,8 @@ def test_external_dp_group_nobody_healthy_until_all_joined(cluster):
     assert r1.p.poll() is None and r0.p.poll() is None
     assert [d for d, *_ in a.holders()] == [0] and [d for d, *_ in b.holders()] == [1]
     assert "Started DP Coordinator process (PID: " in r0.text()
-    assert sorted(comm(p) for p in r0.group_members()) == ["VLLM::DPCoordin", "VLLM::EngineCor", "python3"]
+    front = os.path.basename(sys.executable)[:15]  # the front end keeps the interpreter's name (python3, python)
+    assert sorted(comm(p) for p in r0.group_members()) == sorted(["VLLM::DPCoordin", "VLLM::EngineCor", front])
     members = r0.group_members() + r1.group_members()
     for r in (r0, r1):
         os.kill(r.pid, signal.SIGTERM)
@@ -793,7 +794,12 @@ def test_fault_engine_death_while_running(cluster):
         assert time.monotonic() < deadline
         time.sleep(0.1)
     assert "EngineDeadError: EngineCore encountered an issue. See stack trace (above) for the root cause." in p.text()
-    assert p.p.poll() is None and group_pids(p.pid) == [p.pid], "process alive, engine gone"
+    # the engine sends its death, then releases its devices and exits (as vLLM's core.py does):
+    # the front end can answer 503 a moment before the engine process is gone
+    while group_pids(p.pid) != [p.pid]:
+        assert time.monotonic() < deadline, f"the engine process outlived its death: {group_pids(p.pid)}"
+        time.sleep(0.05)
+    assert p.p.poll() is None, "process alive, engine gone"
     assert not n.holders()
     status, _ = http_post(n.address, 7100, "/v1/completions", {"prompt": "x"})
     assert status == 500

@@ -140,9 +140,8 @@ def test_exec_validates_once_then_needs_no_pydantic(tmp_path):
     assert "asyncssh" in again  # exec itself still is the SSH command
 
 
-def test_exec_of_an_invalid_inventory_validates_itself_and_says_what_plan_says(tmp_path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(EXAMPLE.read_text().replace("soc: a3", "soc: a9"))
+def test_exec_of_an_invalid_inventory_validates_itself_and_says_what_plan_says(bad, tmp_path):
+    bad, _ = bad
     r, mods = imported(tmp_path, "exec", str(bad), "--", "true")
     assert r.returncode == 2 and "a9" in r.stderr
     assert "pydantic" in mods  # the child found problems: this process validated and told them
@@ -195,12 +194,19 @@ def test_cache_is_private_and_keyed_by_the_bytes(tmp_path, monkeypatch):
     assert len(list(folder.iterdir())) == 2
 
 
-def test_an_invalid_inventory_is_never_cached_and_says_the_same(tmp_path, monkeypatch):
+@pytest.fixture
+def bad(tmp_path, monkeypatch):
+    """(an invalid inventory, the InventoryError its full validation raises), a private state folder."""
     monkeypatch.setenv("DEPLOY_STATE_DIR", str(tmp_path / "state"))
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(EXAMPLE.read_text().replace("soc: a3", "soc: a9"))
+    path = tmp_path / "bad.yaml"
+    path.write_text(EXAMPLE.read_text().replace("soc: a3", "soc: a9"))
     with pytest.raises(InventoryError) as direct:
-        load_inventory(bad)
+        load_inventory(path)
+    return path, direct
+
+
+def test_an_invalid_inventory_is_never_cached_and_says_the_same(bad):
+    bad, direct = bad
     for _ in range(2):
         with pytest.raises(InventoryError) as cached:
             inventory_cache.load_inventory(bad)
@@ -311,12 +317,8 @@ def test_prefetch_stores_in_a_child_and_leaves_no_child_behind(tmp_path, monkeyp
     assert inventory_cache._children == {}
 
 
-def test_prefetch_of_an_invalid_inventory_raises_the_full_problems(tmp_path, monkeypatch):
-    monkeypatch.setenv("DEPLOY_STATE_DIR", str(tmp_path / "state"))
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(EXAMPLE.read_text().replace("soc: a3", "soc: a9"))
-    with pytest.raises(InventoryError) as direct:
-        load_inventory(bad)
+def test_prefetch_of_an_invalid_inventory_raises_the_full_problems(bad):
+    bad, direct = bad
     inventory_cache.prefetch(bad)
     with pytest.raises(InventoryError) as fetched:
         inventory_cache.load_inventory(bad)

@@ -64,8 +64,11 @@ def test_interrupt_kills_remote_commands_and_writes_the_result(farm, tmp_path, s
               f'sleep {marker}; fi')
     p = cli("exec", str(inv), "--", "sh", "-c", script,
             env={"DEPLOY_STATE_DIR": str(tmp_path / "state")})
-    # every node's commands are running (2 nodes x 2 sleeps, one of them a grandchild)
+    # every node's commands are running (2 nodes x 2 sleeps, one of them a grandchild) and d0's
+    # has finished: its node log has the end record (under load d0 can finish after the sleeps start)
     assert wait_for(lambda: len(live(f"sleep {marker}")) == 4), live(f"sleep {marker}")
+    runs = tmp_path / "state" / "farm" / "runs"
+    assert wait_for(lambda: any(" ok rc=0 " in log.read_text() for log in runs.glob("*/d0.log")))
     p.send_signal(sig)
     out, err = p.communicate(timeout=60)
     assert p.returncode == code, err

@@ -22,6 +22,7 @@ when the child found problems (or could not store), validates here and raises th
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -60,6 +61,7 @@ def cache_dir() -> Path:
     return state_dir() / ".cache" / "inventories"
 
 
+@functools.cache  # the code does not change under a running process; prefetch and load both ask
 def _code_fingerprint() -> bytes:
     h = hashlib.sha256(FORMAT)
     here = Path(__file__).resolve().parent
@@ -177,6 +179,22 @@ def _entry(data: bytes | None) -> Path | None:
         return None
 
 
+def _validate_and_store(path: str | Path, data: bytes | None, entry: Path | None
+                        ) -> tuple[Inventory, bool]:
+    """The full validation (raises InventoryError); the result is stored under `entry` only if the
+    file still holds `data`, the bytes the key was made from. Returns (inventory, stored)."""
+    from .inventory import load_inventory as validate
+
+    inv = validate(path)
+    if entry is None or _read_regular(path) != data:
+        return inv, False
+    try:
+        _put(entry, inv)
+    except (OSError, TypeError, ValueError):
+        return inv, False
+    return inv, True
+
+
 # path -> pid of the child validating it: at most one per inventory and process
 _children: dict[str, int] = {}
 
@@ -199,12 +217,7 @@ def prefetch(path: str | Path) -> None:
             null = os.open(os.devnull, os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(null, fd)
-            from .inventory import load_inventory as validate
-
-            inv = validate(path)
-            if _read_regular(path) == data:
-                _put(entry, inv)
-                code = 0
+            code = 0 if _validate_and_store(path, data, entry)[1] else 1
         except BaseException:  # problems, or an interrupt: the parent validates and reports
             pass
         finally:
@@ -241,10 +254,4 @@ def load_inventory(path: str | Path) -> Inventory:
         hit = _get(entry)
         if hit is not None:
             return hit  # type: ignore[return-value]  # the fields exec and the transport read
-    from .inventory import load_inventory as validate
-
-    inv = validate(path)
-    if entry is not None and _read_regular(path) == data:  # validated exactly these bytes
-        with contextlib.suppress(OSError, TypeError, ValueError):
-            _put(entry, inv)
-    return inv
+    return _validate_and_store(path, data, entry)[0]

@@ -140,11 +140,15 @@ def rank_secrets(rank: Rank) -> dict[str, str]:
     return redact.rank_secret_env(rank)
 
 
-def rank_env_file_text(rank: Rank) -> str | None:
-    """The rank's 0600 env file (nodepaths.rank_env_file): sh `export` lines, sourced by its
-    launch script; None when the rank has no secret."""
-    env = rank_secrets(rank)
+def export_file_text(env: dict[str, str]) -> str | None:
+    """A 0600 env file that a launch script sources: sh `export` lines; None when env is empty."""
     return "\n".join(env_lines(env)) + "\n" if env else None
+
+
+def rank_env_file_text(rank: Rank) -> str | None:
+    """The rank's 0600 env file (nodepaths.rank_env_file), sourced by its launch script; None
+    when the rank has no secret."""
+    return export_file_text(rank_secrets(rank))
 
 
 def rank_exports(plan: Plan, rank: Rank) -> str:
@@ -219,8 +223,7 @@ def proxy_secrets(plan: Plan) -> dict[str, str]:
 
 
 def proxy_env_file_text(plan: Plan) -> str | None:
-    env = proxy_secrets(plan)
-    return "\n".join(env_lines(env)) + "\n" if env else None
+    return export_file_text(proxy_secrets(plan))
 
 
 def container_secrets(container: ContainerPlan) -> dict[str, str]:
